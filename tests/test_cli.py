@@ -1,0 +1,101 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tlkit.cli import main
+
+from conftest import make_dataset, write_image
+
+FAST = ["--image-size", "32", "--weights", "none", "--batch-size", "8", "--patience", "0", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "d", ("blue", "red"), per_class=5)
+
+
+def test_extract_then_reuse(tmp_path, data):
+    first = invoke("extract", data, "--image-size", "32", "--weights", "none", "--cache-dir", tmp_path / "c",
+                   "--quiet")
+    assert first.exit_code == 0 and "features written" in first.output
+    second = invoke("extract", data, "--image-size", "32", "--weights", "none", "--cache-dir", tmp_path / "c")
+    assert second.exit_code == 0 and "features reused" in second.output
+
+
+@pytest.mark.parametrize("mode", ["features", "frozen", "finetune"])
+def test_train_each_mode_then_predict_and_evaluate(tmp_path, data, mode):
+    trained = invoke("train", data, "--mode", mode, "--epochs", "1", "--warmup-epochs", "1", *FAST,
+                     "--run-dir", tmp_path / "run")
+    assert trained.exit_code == 0, trained.output
+    assert "val_accuracy:" in trained.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mode"] == mode
+    predicted = invoke("predict", data / "red", data / "blue" / "blue_00.jpg", "--run", tmp_path / "run",
+                       "--json", "--top-k", "2")
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.output)
+    assert len(rows) == 6
+    assert all({"path", "label", "probability", "top_k"} <= set(row) and len(row["top_k"]) == 2 for row in rows)
+    plain = invoke("predict", data / "red" / "red_00.jpg", "--run", tmp_path / "run")
+    assert plain.output.startswith(str(data / "red" / "red_00.jpg") + ": ")
+    evaluated = invoke("evaluate", data, "--run", tmp_path / "run", "--json")
+    report = json.loads(evaluated.output)
+    assert report["count"] == 10 and set(report["per_class"]) == {"blue", "red"}
+
+
+def test_config_file_and_flags(tmp_path, data):
+    (tmp_path / "c.toml").write_text('[train]\nepochs = 3\nhead_units = 16\n[data]\nimage_size = 40\n')
+    result = invoke("train", data, "--config", tmp_path / "c.toml", "--epochs", "1", *FAST[2:],
+                    "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["train"]["epochs"] == 1  # the flag wins over the file
+    assert recorded["train"]["head_units"] == 16 and recorded["data"]["image_size"] == 40
+    again = invoke("train", data, "--config", tmp_path / "run" / "config.json", "--quiet", "--run-dir", tmp_path / "r2")
+    assert again.exit_code == 0, again.output
+    a = json.loads((tmp_path / "run" / "config.json").read_text())
+    b = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert {k: a[k] for k in ("data", "augment", "train")} == {k: b[k] for k in ("data", "augment", "train")}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_loss"] == pytest.approx(
+        json.loads((tmp_path / "r2" / "metrics.json").read_text())["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "{tmp}/missing"], "dataset folder not found"),
+    (["train", "{data}", "--epochs", "-2"], "invalid epochs"),
+    (["train", "{data}", "--image-size", "0"], "invalid image_size"),
+    (["train", "{data}", "--weights", "{tmp}/no.h5"], "weights file not found"),
+    (["train", "{data}", "--config", "{tmp}/none.json"], "config file not found"),
+    (["extract", "{data}/blue/blue_00.jpg"], "not a folder"),
+    (["predict", "{tmp}/nope.jpg", "--run", "{tmp}"], "not a tlkit run folder"),
+    (["predict", "{tmp}/nope.jpg", "--run", "{tmp}/norun"], "run folder not found"),
+    (["evaluate", "{data}", "--run", "{tmp}/norun"], "run folder not found"),
+    (["predict", "{data}/red"], "no runs found"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, data, args, message):
+    result = invoke(*[a.format(tmp=tmp_path, data=data) for a in args])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_unknown_choice_is_a_usage_error(data):
+    result = invoke("train", data, "--mode", "sideways")
+    assert result.exit_code == 2 and "sideways" in result.output
+
+
+def test_predict_on_missing_file_with_a_run(tmp_path, data):
+    assert invoke("train", data, "--epochs", "1", *FAST, "--run-dir", tmp_path / "run").exit_code == 0
+    result = invoke("predict", tmp_path / "ghost.jpg", "--run", tmp_path / "run")
+    assert result.exit_code == 1 and "no such file or folder" in result.output
+    write_image(tmp_path / "ok.jpg", (200, 20, 20))
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    mixed = CliRunner().invoke(main, ["predict", str(tmp_path / "ok.jpg"), str(tmp_path / "bad.jpg"),
+                                      "--run", str(tmp_path / "run"), "--json"])
+    assert mixed.exit_code == 0
+    assert [row["path"] for row in json.loads(mixed.stdout)] == [str(tmp_path / "ok.jpg")]
+    assert "skipped" in mixed.stderr and "bad.jpg" in mixed.stderr

@@ -1,0 +1,76 @@
+import os
+
+import numpy as np
+
+import tlkit
+from tlkit.features import extract
+
+from conftest import make_dataset
+
+
+def test_extract_caches_then_reuses(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    first = extract(data, config, verbose=0)
+    assert not first.reused and (first.path / "manifest.json").is_file()
+    x, y, files = first.split("train")
+    assert x.shape[1:] == (1, 1, 512) and len(x) == len(y) == len(files) > 0
+    assert [f.parent.name for f in files] == [first.index.class_names[label] for label in y]
+    second = extract(data, config, verbose=0)
+    assert second.reused and second.path == first.path
+    assert np.array_equal(second.split("train")[0], x)
+
+
+def test_cache_reused_across_split_seeds(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=6)
+    first = extract(data, config, verbose=0)
+    other = extract(data, config.replace(data={"seed": 99}, train={"weights": "none"}), verbose=0)
+    # With random weights the seed is part of the weights' identity; with a weights file it is not.
+    assert other.path != first.path
+    resplit = extract(data, config.replace(data={"val_split": 0.5}), verbose=0)
+    assert resplit.reused and resplit.path == first.path
+    assert len(resplit.split("val")[0]) != len(first.split("val")[0])
+
+
+def test_changed_inputs_recompute(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    first = extract(data, config, verbose=0)
+    victim = sorted(data.rglob("*.jpg"))[0]
+    stat = victim.stat()
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = extract(data, config, verbose=0)
+    assert not touched.reused and touched.path != first.path
+    resized = extract(data, config.replace(data={"image_size": 48}), verbose=0)
+    assert not resized.reused and resized.path not in (first.path, touched.path)
+    (data / "red" / "extra.jpg").write_bytes(victim.read_bytes())
+    assert not extract(data, config, verbose=0).reused
+
+
+def test_weights_file_identity_is_its_content(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "w.weights.h5"
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
+    with_file = config.replace(train={"weights": str(weights)})
+    first = extract(data, with_file, verbose=0)
+    assert extract(data, with_file, verbose=0).reused
+    keras.utils.set_random_seed(1)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
+    assert extract(data, with_file, verbose=0).path != first.path
+
+
+def test_undecodable_file_is_skipped_and_recorded(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    bad = data / "blue" / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    (data / "blue" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    features = extract(data, config, verbose=0)
+    assert set(features.skipped) == {str(bad), str(data / "blue" / "Thumbs.db")}
+    every = [p for split in features.index.files for p in features.split(split)[2]]
+    assert str(bad) not in map(str, every) and len(every) == 8
+    assert extract(data, config, verbose=0).skipped == features.skipped  # remembered by the cache
+
+
+def test_library_exposes_extract():
+    assert tlkit.extract is extract

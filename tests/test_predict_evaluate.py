@@ -1,0 +1,116 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import tlkit
+from tlkit.evaluate import classification_metrics
+from tlkit.predict import class_probabilities
+
+from conftest import make_dataset, write_image
+
+
+@pytest.fixture
+def trained(tmp_path, config):
+    """A features-mode run on three colour classes, with a held-out test split."""
+    data = make_dataset(tmp_path / "d", ("blue", "green", "red"), per_class=6)
+    tlkit.train(data, config.replace(data={"test_split": 0.2}), run_dir=tmp_path / "run", verbose=0)
+    return data, tmp_path / "run"
+
+
+def test_class_names_come_from_the_run_not_the_folders(tmp_path, trained):
+    data, run = trained
+    shutil.move(data / "blue", data / "renamed")  # predictions must not re-scan folders
+    predictions = tlkit.predict([data / "renamed", data / "red" / "red_00.jpg"], run=run, top_k=3)
+    assert len(predictions) == 7
+    for prediction in predictions:
+        assert prediction.label in ("blue", "green", "red")
+        assert [label for label, _ in prediction.top_k][0] == prediction.label
+        assert sorted(label for label, _ in prediction.top_k) == ["blue", "green", "red"]
+        assert abs(sum(p for _, p in prediction.top_k) - 1) < 1e-5
+        assert prediction.top_k[0][1] >= prediction.top_k[1][1] >= prediction.top_k[2][1]
+
+
+def test_predictions_match_the_model_and_skip_bad_files(tmp_path, trained):
+    data, run_dir = trained
+    run = tlkit.load_run(run_dir)
+    good = write_image(tmp_path / "in" / "a.png", (200, 30, 30), size=32)
+    (tmp_path / "in" / "b.jpg").write_bytes(b"garbage")
+    [prediction] = tlkit.predict([tmp_path / "in"], run=run, top_k=2)
+    probs = class_probabilities(run.model, tlkit.decode_image(good, 32)[None])[0]
+    assert prediction.path == str(good)
+    assert prediction.label == run.class_names[int(np.argmax(probs))]
+    assert prediction.probability == pytest.approx(probs.max(), abs=1e-6)
+    assert len(prediction.top_k) == 2
+
+
+def test_latest_run_is_used_when_none_is_given(tmp_path, config, caplog):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    tlkit.train(data, config, verbose=0)
+    import time
+
+    time.sleep(0.01)
+    newest = tlkit.train(data, config.replace(train={"epochs": 1}), verbose=0)
+    caplog.set_level("INFO", logger="tlkit")
+    predictions = tlkit.predict([data / "red"])
+    assert len(predictions) == 4
+    assert str(newest.run_dir) in caplog.text
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    write_image(tmp_path / "x.jpg", (1, 2, 3))
+    with pytest.raises(tlkit.TlkitError, match="no runs found"):
+        tlkit.predict([tmp_path / "x.jpg"])
+
+
+def test_metrics_match_a_hand_computation():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]])
+    labels = np.array([0, 1, 1, 0, 1])
+    report = classification_metrics(probs, labels, ("ant", "bee"))
+    assert report["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    assert report["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.3, 0.6])))
+    assert report["per_class"]["bee"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert report["per_class"]["ant"]["precision"] == pytest.approx(0.5)
+
+
+def test_evaluate_agrees_with_predict(trained):
+    data, run = trained
+    report = tlkit.evaluate(run=run)  # the run's own data: its test split
+    assert report["split"] == "test" and report["count"] == 3
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(run_metrics["test_accuracy"], abs=1e-6)
+    assert report["loss"] == pytest.approx(run_metrics["test_loss"], abs=1e-4)
+    whole = tlkit.evaluate(data, run=run)  # a plain folder given explicitly: every image
+    assert whole["split"] == "all" and whole["count"] == 18
+    predictions = tlkit.predict([data], run=run)
+    truth = {p: p.split("/")[-2] for p in (pred.path for pred in predictions)}
+    accuracy = np.mean([pred.label == truth[pred.path] for pred in predictions])
+    assert whole["accuracy"] == pytest.approx(accuracy)
+    assert sum(row["support"] for row in whole["per_class"].values()) == 18
+    assert np.trace(np.array(whole["confusion_matrix"])) == round(accuracy * 18)
+
+
+def test_evaluate_refuses_unknown_classes_and_splits(tmp_path, trained):
+    _, run = trained
+    other = make_dataset(tmp_path / "other", ("blue", "green"), per_class=2)
+    (other / "purple").mkdir()
+    write_image(other / "purple" / "p.jpg", (120, 0, 120))
+    with pytest.raises(tlkit.TlkitError, match="unknown to run"):
+        tlkit.evaluate(other, run=run)
+    with pytest.raises(tlkit.TlkitError, match="no val split|no test split"):
+        tlkit.evaluate(make_dataset(tmp_path / "s", per_class=2, splits=["train", "val"]), run=run, split="test")
+
+
+def test_load_run_refuses_broken_folders(tmp_path, trained):
+    _, run = trained
+    with pytest.raises(tlkit.TlkitError, match="run folder not found"):
+        tlkit.load_run(tmp_path / "nowhere")
+    with pytest.raises(tlkit.TlkitError, match="not a tlkit run folder"):
+        tlkit.load_run(tmp_path / "d")
+    record = json.loads((run / "config.json").read_text())
+    record["provenance"]["run_format"] = 99
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(tlkit.TlkitError, match="format 99"):
+        tlkit.load_run(run)

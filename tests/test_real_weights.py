@@ -1,0 +1,68 @@
+"""Real VGG16 ImageNet weights on real photos and on colour images (marked; run in CI)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tlkit
+
+from conftest import HYMENOPTERA, NATURAL_IMAGES, make_dataset, require_shared
+
+pytestmark = pytest.mark.real_weights
+
+
+def _subset(source, target, per_class):
+    """Symlink the first ``per_class`` files of each class folder of ``source`` into ``target``."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (target / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[:per_class]:
+            os.symlink(path, target / folder.name / path.name)
+    return target
+
+
+@pytest.fixture
+def real(config, real_weights):
+    return config.replace(train={"weights": real_weights, "epochs": 15, "patience": 5})
+
+
+def test_colours_are_learned_and_random_labels_are_not(tmp_path, real):
+    data = make_dataset(tmp_path / "colours", ("blue", "green", "red"), per_class=10)
+    result = tlkit.train(data, real, run_dir=tmp_path / "run", verbose=0)
+    assert result.metrics["val_accuracy"] >= 0.9
+    for colour in ("blue", "green", "red"):
+        assert {p.label for p in tlkit.predict([data / colour], run=tmp_path / "run")} == {colour}
+    # The same images with labels shuffled across classes: nothing to learn, so the check must fail.
+    scrambled = tmp_path / "scrambled"
+    files = sorted(data.rglob("*.jpg"))
+    order = np.random.default_rng(0).permutation(len(files))
+    for i, j in enumerate(order):
+        target = scrambled / ("abc"[i % 3]) / f"{i:02d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(files[j], target)
+    chance = tlkit.train(scrambled, real, run_dir=tmp_path / "chance", verbose=0)
+    assert chance.metrics["val_accuracy"] < 0.9
+
+
+def test_hymenoptera_subset_features_mode(tmp_path, real):
+    data = tmp_path / "hym"
+    _subset(require_shared(HYMENOPTERA) / "train", data / "train", 40)
+    _subset(HYMENOPTERA / "val", data / "val", 30)
+    result = tlkit.train(data, real.replace(data={"image_size": 96}), run_dir=tmp_path / "run", verbose=0)
+    assert result.metrics["images"] == {"train": 80, "val": 60}
+    assert result.metrics["val_accuracy"] >= 0.8
+    report = tlkit.evaluate(data, run=tmp_path / "run", split="val")
+    assert report["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+
+
+def test_natural_images_subset_skips_thumbs_db(tmp_path, real, caplog):
+    data = _subset(require_shared(NATURAL_IMAGES), tmp_path / "nat", 25)  # Thumbs.db sorts first where a class has one
+    caplog.set_level("WARNING", logger="tlkit")
+    result = tlkit.train(data, real.replace(data={"image_size": 48, "val_split": 0.25}), run_dir=tmp_path / "run",
+                         verbose=0)
+    skipped = json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"]
+    thumbs = sorted(str(p) for p in data.glob("*/Thumbs.db"))
+    assert len(thumbs) >= 5 and sorted(skipped) == thumbs
+    assert "Thumbs.db" in caplog.text
+    assert result.metrics["val_accuracy"] >= 0.7

@@ -1,0 +1,119 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tlkit
+import tlkit.backbone
+from tlkit.data import load_split
+from tlkit.features import extract
+
+from conftest import make_dataset
+
+
+def _weights(model, layer):
+    return [w.copy() for w in model.get_layer("vgg16").get_layer(layer).get_weights()]
+
+
+def test_features_mode_writes_a_whole_run(tmp_path, config):
+    data = make_dataset(tmp_path / "d", ("blue", "green", "red"), per_class=6)
+    result = tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "classes.json", "config.json", "curves.png", "history.json", "metrics.json", "model.keras"]
+    assert json.loads((run / "classes.json").read_text()) == ["blue", "green", "red"]
+    assert result.class_names == ("blue", "green", "red") and result.run_dir == run
+    history = json.loads((run / "history.json").read_text())
+    assert [p["name"] for p in history] == ["features"]
+    assert len(history[0]["history"]["val_accuracy"]) == config.train.epochs
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images"] == {"train": 12, "val": 6} and metrics["skipped"] == {}
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["best_epoch"] >= 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["provenance"]["data_dir"] == str(data.resolve())
+    assert tlkit.load_config(run / "config.json") == config  # the record reproduces the run
+    model = keras.models.load_model(run / "model.keras")
+    assert model.output_shape == (None, 3)
+
+
+def test_saved_model_scores_like_the_head_on_cached_features(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=6)
+    result = tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
+    features = extract(data, config, verbose=0)
+    head = result.model.get_layer("head")
+    x_val, _, files = features.split("val")
+    val = load_split(features.index, "val", config.data)
+    assert [str(f) for f in files] == [str(f) for f in val.files]
+    from_images = result.model.predict(val.images, verbose=0)
+    from_features = head.predict(x_val, verbose=0)
+    assert from_images.shape == (len(files), 1)  # two classes: one sigmoid unit
+    np.testing.assert_allclose(from_images, from_features, atol=1e-5)
+
+
+def test_frozen_mode_trains_the_head_only(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=5)
+    result = tlkit.train(data, config.replace(train={"mode": "frozen"}), run_dir=tmp_path / "run", verbose=0)
+    reference = tlkit.backbone.build_base("none", 32, config.data.seed)  # same seed, same initial base
+    for layer in ("block1_conv1", "block5_conv3"):
+        for trained, initial in zip(_weights(result.model, layer), reference.get_layer(layer).get_weights()):
+            np.testing.assert_array_equal(trained, initial)
+    history = result.history[0]
+    assert history["name"] == "frozen" and len(history["history"]["loss"]) == 2
+
+
+def test_finetune_trains_block5_and_keeps_block4(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=5)
+    warm = tlkit.train(data, config, run_dir=tmp_path / "warm", verbose=0)
+    before4, before5 = _weights(warm.model, "block4_conv3"), _weights(warm.model, "block5_conv1")
+    tuned = tlkit.train(data, config.replace(train={"mode": "finetune", "finetune_learning_rate": 1e-3}),
+                        run_dir=tmp_path / "tuned", from_run=tmp_path / "warm", verbose=0)
+    for after, before in zip(_weights(tuned.model, "block4_conv3"), before4):
+        np.testing.assert_array_equal(after, before)
+    assert any(not np.array_equal(a, b) for a, b in zip(_weights(tuned.model, "block5_conv1"), before5))
+    assert [p["name"] for p in tuned.history] == ["finetune"]
+    record = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert record["provenance"]["from_run"] == str(tmp_path / "warm")
+
+
+@pytest.mark.parametrize("warmup", ["features", "frozen"])
+def test_finetune_warms_up_then_finetunes(tmp_path, config, warmup):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    settings = config.replace(train={"mode": "finetune", "warmup_mode": warmup, "unfreeze_from": "block4_conv1"})
+    result = tlkit.train(data, settings, run_dir=tmp_path / "run", verbose=0)
+    assert [p["name"] for p in result.history] == [f"warmup ({warmup})", "finetune"]
+    assert [len(p["history"]["loss"]) for p in result.history] == [1, 2]
+    base = result.model.get_layer("vgg16")
+    trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
+    assert trainable[0] == "block4_conv1" and "block3_conv3" not in trainable
+
+
+def test_presplit_test_split_is_scored(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=3, splits=["train", "val", "test"])
+    result = tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
+    assert {"test_accuracy", "test_loss"} <= set(result.metrics)
+    assert result.metrics["images"] == {"train": 6, "val": 6, "test": 6}
+
+
+def test_existing_run_is_never_overwritten(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_text("precious")
+    with pytest.raises(tlkit.TlkitError, match="already exists"):
+        tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
+    assert (tmp_path / "run" / "model.keras").read_text() == "precious"
+
+
+def test_failed_training_leaves_no_half_run(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    with pytest.raises(tlkit.TlkitError, match="unknown layer"):
+        tlkit.train(data, config.replace(train={"mode": "finetune", "unfreeze_from": "block9_conv1"}),
+                    run_dir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_run_folder_is_under_runs(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    result = tlkit.train(data, config, verbose=0)
+    assert result.run_dir.resolve().parent == tmp_path / "runs" and result.run_dir.name.endswith("-features")

@@ -1,0 +1,33 @@
+"""tlkit: transfer-learning image classifiers on a pretrained VGG16, from a folder of images per class.
+
+The library API; the ``tlkit`` command line only calls these::
+
+    import tlkit
+    config = tlkit.Config().replace(train={"mode": "features", "epochs": 20})
+    result = tlkit.train("photos/", config)          # -> TrainResult (model, class_names, history, ...)
+    tlkit.predict(["cat.jpg"], run=result.run_dir)   # -> [Prediction(path, label, probability, top_k)]
+    tlkit.evaluate("photos/", run=result.run_dir)    # -> loss, accuracy, per-class precision/recall/F1
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not ours
+
+__version__ = "0.1.0"
+
+# Imported eagerly: the functions train/predict/evaluate share their modules' names, and a lazily
+# imported submodule would replace the function of the same name on the package.
+from tlkit.config import AugmentConfig, Config, DataConfig, TrainConfig, load_config  # noqa: E402
+from tlkit.data import DatasetIndex, decode_image, scan  # noqa: E402
+from tlkit.errors import TlkitError  # noqa: E402
+from tlkit.evaluate import evaluate  # noqa: E402
+from tlkit.features import FeatureSet, extract  # noqa: E402
+from tlkit.predict import Prediction, predict  # noqa: E402
+from tlkit.runs import Run, load_run  # noqa: E402
+from tlkit.train import TrainResult, train  # noqa: E402
+
+__all__ = [
+    "AugmentConfig", "Config", "DataConfig", "DatasetIndex", "FeatureSet", "Prediction", "Run", "TlkitError",
+    "TrainConfig", "TrainResult", "decode_image", "evaluate", "extract", "load_config", "load_run", "predict",
+    "scan", "train", "__version__",
+]

@@ -1,0 +1,211 @@
+"""The ``tlkit`` command line: options -> config -> library call -> printed result.
+
+Every config option is a flag named after its field (``--image-size``, ``--rotation-range``,
+``--learning-rate``...) whose default comes from :mod:`tlkit.config`. Precedence:
+defaults < ``--config FILE`` < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from tlkit import config as cfg
+from tlkit.errors import TlkitError
+
+log = logging.getLogger("tlkit")
+
+#: One-line help of each config option (the default is shown beside it).
+OPTION_HELP = {
+    "image_size": "Side of the square images are resized to.",
+    "val_split": "Validation fraction per class, for a folder without its own split.",
+    "test_split": "Test fraction per class, for a folder without its own split.",
+    "seed": "Seed of the split, shuffling, augmentation and initialisation.",
+    "workers": "Threads decoding images.",
+    "cache_dir": "Folder of the feature cache (or set TLKIT_CACHE).",
+    "rotation_range": "Random rotation, degrees (+/-).",
+    "width_shift_range": "Random horizontal shift, fraction of the width (pixels if >= 1).",
+    "height_shift_range": "Random vertical shift, fraction of the height (pixels if >= 1).",
+    "shear_range": "Random shear angle, degrees (+/-).",
+    "zoom_range": "Random zoom in [1 - z, 1 + z], x and y independently.",
+    "horizontal_flip": "Flip half of the images left-right.",
+    "fill_mode": "How points outside the image are filled.",
+    "mode": "features: head on cached features; frozen: end to end, base frozen; finetune: then unfreeze.",
+    "weights": "VGG16 weights: imagenet, none, or a weights file (default from TLKIT_WEIGHTS when set).",
+    "epochs": "Most epochs of the main phase.",
+    "warmup_epochs": "Most epochs of finetune's head warm-up.",
+    "warmup_mode": "How finetune warms up its head.",
+    "batch_size": "Images per step.",
+    "optimizer": "Optimizer (sgd uses momentum 0.9).",
+    "learning_rate": "Learning rate of the head.",
+    "finetune_learning_rate": "Learning rate once the base is unfrozen.",
+    "unfreeze_from": "First VGG16 layer that finetune trains (it and all above).",
+    "pooling": "Feature map to vector: global average or flatten.",
+    "head_units": "Width of the dense hidden layer.",
+    "dropout": "Dropout rate before the output layer.",
+    "patience": "Epochs without a better val_loss before stopping; 0: never stop early.",
+}
+CHOICES = {"mode": cfg.MODES, "optimizer": cfg.OPTIMIZERS, "pooling": cfg.POOLINGS,
+           "fill_mode": cfg.FILL_MODES, "warmup_mode": cfg.WARMUP_MODES}
+EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size")
+
+
+class TlkitGroup(click.Group):
+    """A click group that turns tlkit's input errors into a one-line ``Error:`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TlkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+
+def _field_default(field: dataclasses.Field):
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def config_options(names: tuple[str, ...] | None = None):
+    """Decorator adding one flag per config field (all, or those in ``names``); unset flags stay ``None``."""
+
+    def decorate(command):
+        for section in reversed(list(cfg.SECTIONS.values())):
+            for field in reversed(dataclasses.fields(section)):
+                if names is not None and field.name not in names:
+                    continue
+                flag = field.name.replace("_", "-")
+                default = _field_default(field)
+                if field.type == "bool":
+                    decls, kind = [f"--{flag}/--no-{flag}"], None
+                else:
+                    decls = [f"--{flag}"]
+                    kind = click.Choice(CHOICES[field.name]) if field.name in CHOICES else {
+                        "int": int, "float": float}.get(field.type, str)
+                command = click.option(*decls, field.name, type=kind, default=None,
+                                       help=f"{OPTION_HELP[field.name]}  [default: {default}]")(command)
+        return command
+
+    return decorate
+
+
+def build_config(config_file: str | None, options: dict) -> cfg.Config:
+    """Defaults, then the config file, then the flags that were given."""
+    base = cfg.load_config(config_file) if config_file else cfg.Config()
+    sections: dict[str, dict] = {}
+    for name, section in cfg.SECTIONS.items():
+        given = {f.name: options[f.name] for f in dataclasses.fields(section) if options.get(f.name) is not None}
+        if given:
+            sections[name] = given
+    return base.replace(**sections)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+config_file_option = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                                  help="JSON or TOML file of options (a run's config.json reproduces it).")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+
+
+@click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlkit")
+def main() -> None:
+    """Transfer-learning image classifiers on a pretrained VGG16, from a folder of images per class."""
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@config_options(EXTRACT_OPTIONS)
+@config_file_option
+@quiet_option
+def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
+    """Extract and cache VGG16 features of every image in DATA (reused while nothing changed)."""
+    _setup_logging(quiet)
+    from tlkit.features import extract as extract_features
+
+    features = extract_features(data, build_config(config_file, options), verbose=0 if quiet else 1)
+    state = "reused" if features.reused else "written"
+    click.echo(f"features {state}: {features.path} ({len(features.skipped)} file(s) skipped)")
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@config_options()
+@config_file_option
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Folder of the new run [default: runs/<time>-<mode>].")
+@click.option("--from", "from_run", type=click.Path(), help="finetune: start from this run's model.")
+@quiet_option
+def train(data: str, config_file: str | None, run_dir: str | None, from_run: str | None, quiet: bool,
+          **options) -> None:
+    """Train a classifier on DATA and save the run."""
+    _setup_logging(quiet)
+    from tlkit.train import train as train_model
+
+    result = train_model(data, build_config(config_file, options), run_dir=run_dir, from_run=from_run,
+                         verbose=0 if quiet else 1)
+    metrics = result.metrics
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
+    if "test_accuracy" in metrics:
+        click.echo(f"test_accuracy: {metrics['test_accuracy']:.4f}  test_loss: {metrics['test_loss']:.4f}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions.")
+@quiet_option
+def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, quiet: bool) -> None:
+    """Predict the class of each image in PATHS (files or folders)."""
+    _setup_logging(quiet)
+    from tlkit.predict import iter_predictions
+
+    first = True
+    if as_json:
+        click.echo("[", nl=False)
+    for prediction in iter_predictions(list(paths), run_dir, top_k):
+        if as_json:
+            click.echo(("\n" if first else ",\n") + json.dumps(prediction.to_dict(), ensure_ascii=False), nl=False)
+        else:
+            ranked = ", ".join(f"{label} {p:.4f}" for label, p in prediction.top_k)
+            click.echo(f"{prediction.path}: {ranked}")
+        first = False
+    if as_json:
+        click.echo("\n]")
+
+
+@main.command()
+@click.argument("data", required=False, type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+@click.option("--split", type=click.Choice(("train", "val", "test", "all")),
+              help="Which images [default: test if any, else val; all for a plain folder given as DATA].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@quiet_option
+def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: bool, quiet: bool) -> None:
+    """Score a run on labelled images in DATA (default: the run's own data)."""
+    _setup_logging(quiet)
+    from tlkit.evaluate import evaluate as evaluate_run
+
+    report = evaluate_run(data, run_dir, split)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{report['data']} [{report['split']}]: {report['count']} images")
+    click.echo(f"loss: {report['loss']:.4f}  accuracy: {report['accuracy']:.4f}")
+    width = max(len(name) for name in report["per_class"])
+    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, row in report["per_class"].items():
+        click.echo(f"{name:<{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
+                   f"{row['support']:8d}")

@@ -1,0 +1,279 @@
+"""Folder datasets: scan class sub-folders, split them, decode images once.
+
+The data path, top to bottom:
+
+1. :func:`scan` lists every file under each class folder of each split folder
+   (``train/``, ``validation/`` or ``val/``, ``test/``), or of a plain folder of
+   class folders, which it then splits stratified by class with a seed.
+2. :func:`decode_images` decodes files in parallel threads into one uint8 array
+   (EXIF rotation applied, any mode converted to RGB, resized); files that cannot
+   be decoded are skipped and named.
+3. :func:`load_split` does both for one split and returns a :class:`Split`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tlkit.config import DataConfig
+from tlkit.errors import TlkitError
+
+log = logging.getLogger("tlkit")
+
+SPLIT_NAMES = ("train", "val", "test")
+#: Folder names accepted for each split of a pre-split dataset.
+SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The files of a dataset, by split, with integer labels into ``class_names``.
+
+    Attributes:
+        root: The dataset folder.
+        class_names: Class folder names, sorted; a label is an index into it.
+        files: Per split, the image paths (sorted within each class).
+        labels: Per split, an int array of labels aligned with ``files``.
+        presplit: True when the folder brought its own train/validation split.
+    """
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: dict[str, list[Path]]
+    labels: dict[str, np.ndarray]
+    presplit: bool
+
+    def counts(self) -> dict[str, int]:
+        """Number of files in each split."""
+        return {split: len(paths) for split, paths in self.files.items()}
+
+    def all_files(self) -> list[Path]:
+        """Every file of every split, in split order (the order features are cached in)."""
+        return [path for split in SPLIT_NAMES for path in self.files.get(split, [])]
+
+
+@dataclass
+class Split:
+    """Decoded images of one split: ``images[i]`` is ``files[i]`` with label ``labels[i]``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    files: list[Path]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
+    """Index a dataset folder: pre-split (``train/`` + ``validation/``|``val/`` [+ ``test/``]) or plain.
+
+    A plain folder of class sub-folders is split here: per class, files are
+    shuffled with ``config.seed`` and the first ``val_split`` / ``test_split``
+    fractions go to validation / test, so every class is represented in every split
+    and the same files give the same split each time.
+
+    Raises:
+        TlkitError: If the folder is missing, holds no class folders, or its splits'
+            classes differ.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise TlkitError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise TlkitError(f"dataset path is not a folder: {root}")
+    split_dirs = _find_split_dirs(root)
+    if split_dirs:
+        if "train" not in split_dirs or "val" not in split_dirs:
+            raise TlkitError(
+                f"{root} has {', '.join(d.name for d in split_dirs.values())}/ but a split dataset needs "
+                "both train/ and validation/ (or val/)"
+            )
+        by_split = {split: _class_files(folder) for split, folder in split_dirs.items()}
+        class_names = tuple(sorted(by_split["train"]))
+        for split, classes in by_split.items():
+            if set(classes) != set(class_names):
+                raise TlkitError(
+                    f"classes of {split_dirs[split].name}/ ({', '.join(sorted(classes))}) differ from "
+                    f"train/ ({', '.join(class_names)})"
+                )
+        presplit = True
+    else:
+        by_class = _class_files(root)
+        class_names = tuple(sorted(by_class))
+        by_split = _stratified_split(by_class, config)
+        presplit = False
+    if len(class_names) < 2:
+        raise TlkitError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least 2")
+    files, labels = {}, {}
+    for split, classes in by_split.items():
+        pairs = [(path, class_names.index(name)) for name in class_names for path in classes[name]]
+        files[split] = [path for path, _ in pairs]
+        labels[split] = np.array([label for _, label in pairs], dtype=np.int32)
+    return DatasetIndex(root, class_names, files, labels, presplit)
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted files under it (recursively), for each sub-folder of ``folder``."""
+    classes = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            classes[entry.name] = sorted(p for p in entry.rglob("*") if p.is_file())
+    if not classes:
+        raise TlkitError(f"no class sub-folders in {folder}; expected one folder of images per class")
+    empty = [name for name, paths in classes.items() if not paths]
+    if empty:
+        raise TlkitError(f"class folder(s) with no files in {folder}: {', '.join(empty)}")
+    return classes
+
+
+def _stratified_split(by_class: dict[str, list[Path]], config: DataConfig) -> dict[str, dict[str, list[Path]]]:
+    """Per class: shuffle with the seed, then cut off the validation and test fractions."""
+    splits: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}}
+    if config.test_split > 0:
+        splits["test"] = {}
+    for index, name in enumerate(sorted(by_class)):
+        paths = by_class[name]
+        order = np.random.default_rng([config.seed, index]).permutation(len(paths))
+        shuffled = [paths[i] for i in order]
+        n_val = _share(len(paths), config.val_split)
+        n_test = _share(len(paths), config.test_split)
+        if len(paths) - n_val - n_test < 1:
+            raise TlkitError(f"class {name!r} has {len(paths)} file(s): too few to split off validation/test")
+        splits["val"][name] = sorted(shuffled[:n_val])
+        if "test" in splits:
+            splits["test"][name] = sorted(shuffled[n_val:n_val + n_test])
+        splits["train"][name] = sorted(shuffled[n_val + n_test:])
+    return splits
+
+
+def _share(count: int, fraction: float) -> int:
+    """Files a fraction of ``count`` takes: rounded, and at least one when the fraction is not 0."""
+    return 0 if fraction == 0 else max(1, round(count * fraction))
+
+
+def decode_image(path: str | Path, image_size: int) -> np.ndarray:
+    """Decode one image file to a ``(image_size, image_size, 3)`` uint8 RGB array.
+
+    EXIF orientation is applied; palette, grayscale, RGBA, CMYK and 16-bit images are
+    converted to 8-bit RGB (transparent areas become white); animated images give
+    their first frame. The image is resized to the square, as Keras's
+    ``flow_from_directory`` does, without keeping the aspect ratio.
+
+    Raises:
+        OSError: If the file cannot be read or decoded (PIL's errors included).
+    """
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (image_size, image_size))  # decode JPEGs at a reduced scale when possible
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_images(
+    paths: list[Path], image_size: int, workers: int = 1, progress: bool = False
+) -> tuple[np.ndarray, list[int], dict[str, str]]:
+    """Decode files in parallel threads into one uint8 array.
+
+    Args:
+        paths: Image files.
+        image_size: Side of the square each image is resized to.
+        workers: Decoding threads (Pillow releases the GIL while decoding).
+        progress: Show a progress bar.
+
+    Returns:
+        ``(images, kept, skipped)``: the decoded images stacked, the indices into
+        ``paths`` that decoded, and ``{path: reason}`` for each file that did not.
+    """
+    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped: dict[str, str] = {}
+    bar = _progress_bar(len(paths), "decoding") if progress and paths else None
+
+    def work(i: int) -> None:
+        try:
+            images[i] = decode_image(paths[i], image_size)
+            ok[i] = True
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            skipped[str(paths[i])] = f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(paths))), start=1):
+            if bar is not None and (done % 64 == 0 or done == len(paths)):
+                bar.update(done)
+    for path, reason in skipped.items():
+        log.warning("skipped %s (not a readable image: %s)", path, reason)
+    kept = [int(i) for i in np.flatnonzero(ok)]
+    return images[ok], kept, skipped
+
+
+def load_split(index: DatasetIndex, split: str, config: DataConfig, progress: bool = False) -> Split:
+    """Decode every image of one split of ``index``; undecodable files are skipped and named."""
+    files = index.files[split]
+    images, kept, skipped = decode_images(files, config.image_size, config.workers, progress)
+    if not kept:
+        raise TlkitError(f"no readable images in the {split} split of {index.root}")
+    return Split(images, index.labels[split][kept], [files[i] for i in kept], skipped)
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into a list of files, for prediction.
+
+    Raises:
+        TlkitError: If a path does not exist, or nothing is found at all.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise TlkitError(f"no such file or folder: {path}")
+    if not found:
+        raise TlkitError(f"no files found in {', '.join(map(str, paths))}")
+    return found
+
+
+def _progress_bar(total: int, label: str):
+    import keras  # deferred: keeps `import tlkit.data` light
+
+    print(f"{label} {total} images", flush=True)
+    return keras.utils.Progbar(total, unit_name="image")
+
+
+def file_signature(path: Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file: what a cache manifest compares."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns

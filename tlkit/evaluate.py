@@ -1,0 +1,104 @@
+"""Score a saved run on labelled images: loss, accuracy, per-class precision/recall/F1."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.data import SPLIT_NAMES, scan
+from tlkit.errors import TlkitError
+from tlkit.predict import PREDICT_BATCH, iter_probabilities, resolve_run
+from tlkit.runs import Run
+
+#: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras does.
+EPSILON = 1e-7
+SPLIT_CHOICES = (*SPLIT_NAMES, "all")
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """Cross-entropy loss, accuracy, confusion matrix and per-class precision/recall/F1/support.
+
+    Args:
+        probabilities: ``(n, classes)`` predicted probabilities.
+        labels: ``(n,)`` true class indices.
+        class_names: Names of the classes, in index order.
+
+    Returns:
+        ``{"count", "loss", "accuracy", "confusion_matrix", "per_class": {name: {...}}}``;
+        the confusion matrix's rows are true classes, its columns predicted ones.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1 - EPSILON)
+    confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        hits, predicted_as, support = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
+        precision = hits / predicted_as if predicted_as else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                           "support": int(support)}
+    return {
+        "count": int(len(labels)),
+        "loss": float(-np.log(true_probability).mean()),
+        "accuracy": float((predicted == labels).mean()),
+        "confusion_matrix": confusion.tolist(),
+        "per_class": per_class,
+    }
+
+
+def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
+             batch_size: int = PREDICT_BATCH) -> dict:
+    """Score a run on a labelled folder.
+
+    Args:
+        data: A folder of class folders, or a split dataset; ``None`` means the run's own data.
+        run: A loaded run, a run folder, or ``None`` for the latest under ``runs/``.
+        split: ``train``, ``val``, ``test`` or ``all``. By default: ``test`` when the data has
+            one, else ``val``, except ``all`` for a plain folder given explicitly. A plain
+            folder is split as the run was (same seed and fractions).
+        batch_size: Images decoded and predicted per step.
+
+    Returns:
+        :func:`classification_metrics` plus ``data``, ``split``, ``class_names`` and ``skipped``.
+
+    Raises:
+        TlkitError: On a bad folder, run or split, or classes the run does not know.
+    """
+    run = resolve_run(run)
+    if split is not None and split not in SPLIT_CHOICES:
+        raise TlkitError(f"invalid split: {split!r}; expected one of {', '.join(SPLIT_CHOICES)}")
+    explicit = data is not None
+    if data is None:
+        data = run.data_dir
+    data_config = run.config.data
+    if explicit and split in (None, "all"):  # a plain folder is scored whole: nothing to split off
+        data_config = dataclasses.replace(data_config, val_split=0.0, test_split=0.0)
+    index = scan(data, data_config)
+    if split is None:
+        split = "all" if explicit and not index.presplit else "test" if "test" in index.files else "val"
+    if split != "all" and split not in index.files:
+        raise TlkitError(f"{data} has no {split} split; its splits: {', '.join(index.files)}")
+    unknown = sorted(set(index.class_names) - set(run.class_names))
+    if unknown:
+        raise TlkitError(f"classes {', '.join(unknown)} of {data} are unknown to run {run.path} "
+                         f"(it knows {', '.join(run.class_names)})")
+    names = SPLIT_NAMES if split == "all" else (split,)
+    files = [p for name in names for p in index.files.get(name, [])]
+    to_run_label = np.array([run.class_names.index(name) for name in index.class_names])
+    label_of = {p: to_run_label[label] for name in names for p, label in
+                zip(index.files.get(name, []), index.labels.get(name, []))}
+    kept, chunks = [], []
+    for readable, probabilities in iter_probabilities(run, files, batch_size):
+        kept.extend(readable)
+        chunks.append(probabilities)
+    if not kept:
+        raise TlkitError(f"no readable images in the {split} split of {data}")
+    report = classification_metrics(np.concatenate(chunks), np.array([label_of[p] for p in kept]),
+                                    run.class_names)
+    skipped = sorted(str(p) for p in set(files) - set(kept))
+    return {"data": str(data), "split": split, "class_names": list(run.class_names), **report, "skipped": skipped}

@@ -1,0 +1,149 @@
+"""Extract VGG16 conv-base features once and cache them on disk.
+
+The cache is keyed by a manifest of everything the features depend on: the
+dataset folder, every file's relative path, size and mtime, the image size, the
+weights' identity and the feature layer. The same manifest finds the same cache
+folder (reused, and said so); any change finds a new one (recomputed). One row
+per file of the whole dataset, so changing the split or its seed reuses the cache.
+
+Extraction streams: images are decoded and pushed through the base a chunk at a
+time and written into a memory-mapped ``.npy`` as they come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
+from tlkit.config import Config
+from tlkit.data import DatasetIndex, decode_images, file_signature, scan
+from tlkit.runs import write_json
+
+log = logging.getLogger("tlkit")
+
+CACHE_VERSION = 1
+#: Images decoded and pushed through the base per chunk while extracting.
+CHUNK_IMAGES = 256
+
+
+@dataclass
+class FeatureSet:
+    """Cached conv-base features of a dataset, looked up by split.
+
+    Attributes:
+        index: The dataset they were computed from.
+        path: The cache folder.
+        reused: True when the cache already existed and nothing was computed.
+        skipped: ``{path: reason}`` for files that could not be decoded.
+    """
+
+    index: DatasetIndex
+    path: Path
+    reused: bool
+    skipped: dict[str, str]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+        """``(features, labels, files)`` of one split, undecodable files left out."""
+        table = np.load(self.path / "features.npy", mmap_mode="r", allow_pickle=False)
+        row_of = {path: row for row, path in enumerate(_cached_files(self.path))}
+        pairs = [(row_of[str(p)], label, p) for p, label in zip(self.index.files[name], self.index.labels[name])
+                 if str(p) not in self.skipped]
+        rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
+        return np.asarray(table[rows]), np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
+
+
+def manifest(index: DatasetIndex, config: Config) -> dict:
+    """Everything the cached features depend on."""
+    files = sorted(index.all_files())
+    return {
+        "version": CACHE_VERSION,
+        "root": str(index.root.resolve()),
+        "files": [[str(p.relative_to(index.root)), *file_signature(p)] for p in files],
+        "image_size": config.data.image_size,
+        "weights": weights_identity(config.train.weights),
+        "seed": config.data.seed if config.train.weights.lower() == "none" else None,
+        "layer": FEATURE_LAYER,
+    }
+
+
+def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbose: int = 1) -> FeatureSet:
+    """Compute (or reuse from the cache) the VGG16 features of every image of a dataset.
+
+    Args:
+        data: A dataset folder, or an index from :func:`tlkit.data.scan`.
+        config: Settings (image size, weights, cache folder...); defaults if omitted.
+        verbose: 0 silent, 1 progress bars.
+
+    Returns:
+        The cached :class:`FeatureSet`.
+
+    Raises:
+        TlkitError: On a bad dataset folder or weights path.
+    """
+    config = config or Config()
+    index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
+    recipe = manifest(index, config)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(config.data.cache_dir).expanduser() / "features" / key
+    if (folder / "manifest.json").is_file():
+        log.info("feature cache up to date, reusing %s", folder)
+        skipped = json.loads((folder / "skipped.json").read_text(encoding="utf-8"))
+        return FeatureSet(index, folder, True, skipped)
+    log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
+    skipped = _compute(index, config, recipe, folder, verbose)
+    return FeatureSet(index, folder, False, skipped)
+
+
+def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> dict[str, str]:
+    """Stream every file through the base into a new cache folder, made whole before it appears."""
+    files = [index.root / name for name, _, _ in recipe["files"]]
+    extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
+    shape = tuple(extractor.output_shape[1:])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        table = np.lib.format.open_memmap(staging / "features.npy", mode="w+", dtype=np.float32,
+                                          shape=(len(files), *shape))
+        skipped: dict[str, str] = {}
+        bar = keras.utils.Progbar(len(files), unit_name="image") if verbose else None
+        for start in range(0, len(files), CHUNK_IMAGES):
+            chunk = files[start:start + CHUNK_IMAGES]
+            images, kept, bad = decode_images(chunk, config.data.image_size, config.data.workers)
+            skipped.update(bad)
+            if kept:
+                out = extractor.predict(images, batch_size=config.train.batch_size, verbose=0)
+                table[[start + i for i in kept]] = out
+            if bar is not None:
+                bar.update(start + len(chunk))
+        table.flush()
+        del table
+        write_json(staging / "files.json", [str(p) for p in files])
+        write_json(staging / "skipped.json", skipped)
+        write_json(staging / "manifest.json", recipe)
+        if folder.exists():  # an unfinished or foreign folder: replace it
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return skipped
+
+
+def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Model:
+    """``raw RGB pixels -> VGGPreprocess -> VGG16 conv base``, giving ``block5_pool`` feature maps."""
+    base = build_base(weights, image_size, seed)
+    inputs = keras.Input(shape=(image_size, image_size, 3))
+    return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
+
+
+def _cached_files(folder: Path) -> list[str]:
+    return json.loads((folder / "files.json").read_text(encoding="utf-8"))

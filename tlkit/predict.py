@@ -1,0 +1,98 @@
+"""Predict classes of image files with a saved run, streaming in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.data import decode_images, list_images
+from tlkit.errors import TlkitError
+from tlkit.runs import Run, find_latest_run, load_run
+
+log = logging.getLogger("tlkit")
+
+#: Files decoded and predicted per step.
+PREDICT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The prediction for one image: the top class, its probability, and the top k."""
+
+    path: str
+    label: str
+    probability: float
+    top_k: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``)."""
+        return {"path": self.path, "label": self.label, "probability": self.probability,
+                "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
+
+
+def resolve_run(run: Run | str | Path | None) -> Run:
+    """A loaded run: as given, loaded from a folder, or (``None``) the latest under ``runs/``."""
+    if isinstance(run, Run):
+        return run
+    if run is None:
+        path = find_latest_run()
+        log.info("using the latest run: %s", path)
+        return load_run(path)
+    return load_run(run)
+
+
+def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """``(n, classes)`` probabilities; a sigmoid output ``p`` becomes ``[1 - p, p]``."""
+    out = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return np.concatenate([1.0 - out, out], axis=1) if out.shape[1] == 1 else out
+
+
+def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
+                     batch_size: int = PREDICT_BATCH) -> Iterator[Prediction]:
+    """Yield a :class:`Prediction` per readable image, in order, a batch at a time.
+
+    Folders are searched recursively; files that are not readable images are skipped
+    with a warning naming them.
+
+    Raises:
+        TlkitError: On a missing path, no files, a bad run, or ``top_k < 1``.
+    """
+    if top_k < 1:
+        raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
+    run = resolve_run(run)
+    k = min(top_k, len(run.class_names))
+    for readable, probabilities in iter_probabilities(run, list_images(paths), batch_size):
+        for path, probs in zip(readable, probabilities):
+            order = np.argsort(-probs, kind="stable")[:k]
+            ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
+            yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
+
+
+def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH
+                       ) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Decode and predict ``files`` a batch at a time; yields ``(readable files, probabilities)``."""
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images, kept, _ = decode_images(chunk, run.image_size, run.config.data.workers)
+        if kept:
+            yield [chunk[i] for i in kept], class_probabilities(run.model, images, batch_size)
+
+
+def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
+            batch_size: int = PREDICT_BATCH) -> list[Prediction]:
+    """Predict every image in ``paths`` (files or folders) with a run; see :func:`iter_predictions`.
+
+    Args:
+        paths: Image files and/or folders.
+        run: A loaded :class:`~tlkit.runs.Run`, a run folder, or ``None`` for the latest under ``runs/``.
+        top_k: How many ranked classes each prediction carries.
+        batch_size: Images decoded and predicted per step.
+
+    Returns:
+        One :class:`Prediction` per readable image.
+    """
+    return list(iter_predictions(paths, run, top_k, batch_size))

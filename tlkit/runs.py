@@ -1,0 +1,156 @@
+"""The run folder: its layout, whole-or-nothing writes, and loading a run back.
+
+A run folder holds::
+
+    model.keras     the classifier: raw RGB pixels in, class probabilities out
+    classes.json    class names, in label order
+    config.json     the config sections (reusable with --config) and a provenance record
+    history.json    per-epoch loss/accuracy, train and validation, of every phase
+    metrics.json    final and best validation figures, test figures, split sizes, skipped files
+    curves.png      training vs validation accuracy and loss per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tlkit.config import Config, DEFAULT_RUNS_DIR, config_from_dict
+from tlkit.errors import TlkitError
+
+#: Bumped when a run folder's layout changes in a way older code cannot read.
+RUN_FORMAT = 1
+
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+
+
+@dataclass
+class Run:
+    """A saved run, loaded back.
+
+    Attributes:
+        path: The run folder.
+        model: The classifier (raw RGB pixels in [0, 255] -> probabilities).
+        class_names: Class names in label order.
+        config: The configuration it was trained with.
+        metrics: The contents of ``metrics.json`` (empty if absent).
+        data_dir: The dataset folder it was trained on.
+    """
+
+    path: Path
+    model: Any
+    class_names: tuple[str, ...]
+    config: Config
+    metrics: dict
+    data_dir: str
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the model takes."""
+        return self.config.data.image_size
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(temporary_path)``, then rename the result onto ``path``: whole or not at all."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file of a run or cache, with a one-line error if it is missing or damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TlkitError(f"missing {path.name} in {path.parent}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TlkitError(f"damaged {path}: {exc}") from None
+
+
+def new_run_dir(run_dir: str | Path | None, mode: str) -> Path:
+    """Create the folder a new run writes into: ``run_dir``, or a fresh timestamped one under ``runs/``.
+
+    Raises:
+        TlkitError: If ``run_dir`` already holds files (an earlier run is never overwritten).
+    """
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{mode}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    else:
+        path = Path(run_dir)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise TlkitError(f"run folder {path} already exists and is not empty; choose another --run-dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_model(model, path: Path) -> None:
+    """Save a Keras model atomically (``.keras`` format)."""
+    atomic_write(path, lambda tmp: model.save(tmp))
+
+
+def find_latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
+    """The run under ``runs_dir`` whose model was saved last.
+
+    Raises:
+        TlkitError: If there is none.
+    """
+    candidates = [p for p in Path(runs_dir).glob(f"*/{MODEL_FILE}")] if Path(runs_dir).is_dir() else []
+    if not candidates:
+        raise TlkitError(f"no runs found under {runs_dir}/; train one first or give --run")
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns).parent
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run folder written by :func:`tlkit.train` (safely: no code runs from the model file).
+
+    Raises:
+        TlkitError: If the folder is missing, incomplete, from an incompatible
+            version, or its model cannot be loaded.
+    """
+    import keras
+
+    import tlkit.backbone  # noqa: F401  registers VGGPreprocess for deserialisation
+
+    path = Path(path)
+    if not path.is_dir():
+        raise TlkitError(f"run folder not found: {path}")
+    if not (path / MODEL_FILE).is_file():
+        raise TlkitError(f"{path} is not a tlkit run folder (no {MODEL_FILE})")
+    record = read_json(path / CONFIG_FILE)
+    found = record.get("provenance", {}).get("run_format")
+    if found != RUN_FORMAT:
+        raise TlkitError(f"run {path} has format {found!r}; this tlkit reads format {RUN_FORMAT}: retrain it")
+    class_names = tuple(read_json(path / CLASSES_FILE))
+    try:
+        model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
+        raise TlkitError(f"cannot load {path / MODEL_FILE}: {exc}") from None
+    metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
+    return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"])

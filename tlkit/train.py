@@ -1,0 +1,240 @@
+"""``train(data, config) -> TrainResult``: one path per mode, each ending in a saved run.
+
+- ``features``: extract (or reuse) cached conv-base features, fit the dense head on them,
+  then put the head on the base so the saved model takes images.
+- ``frozen``: the base frozen, base + head trained end to end on augmented images.
+- ``finetune``: a head warm-up (on cached features, frozen with augmentation, or the
+  model of an earlier run), then every base layer from ``unfreeze_from`` up trained
+  with the head at ``finetune_learning_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlkit import __version__
+from tlkit.augment import AugmentedBatches
+from tlkit.backbone import build_base, set_trainable_from
+from tlkit.config import Config
+from tlkit.data import DatasetIndex, Split, load_split, scan
+from tlkit.errors import TlkitError
+from tlkit.features import extract
+from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, targets
+from tlkit.plots import plot_curves
+from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
+                        RUN_FORMAT, load_run, new_run_dir, save_model, write_json)
+
+log = logging.getLogger("tlkit")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: The trained classifier (raw RGB pixels in [0, 255] -> probabilities).
+        class_names: Class names in label order.
+        history: One ``{"name", "history"}`` entry per phase, with Keras's per-epoch logs.
+        metrics: The contents of the run's ``metrics.json``.
+        run_dir: The run folder written.
+        config: The configuration used.
+    """
+
+    model: keras.Model
+    class_names: tuple[str, ...]
+    history: list[dict]
+    metrics: dict
+    run_dir: Path
+    config: Config
+
+
+def train(data: str | Path, config: Config | None = None, run_dir: str | Path | None = None,
+          from_run: str | Path | None = None, verbose: int = 1) -> TrainResult:
+    """Train a VGG16 transfer-learning classifier on a folder dataset and save the run.
+
+    Args:
+        data: Folder with ``train/`` + ``validation/`` (or ``val/``) [+ ``test/``] of class
+            folders, or a plain folder of class folders (split here, stratified and seeded).
+        config: Settings; ``config.train.mode`` picks the mode. Defaults if omitted.
+        run_dir: Folder to write the run into (must be new or empty); default ``runs/<time>-<mode>``.
+        from_run: For ``finetune``: an earlier run whose model replaces the head warm-up.
+        verbose: 0 silent, 1 progress bars.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TlkitError: On bad data, options or runs.
+    """
+    config = config or Config()
+    if from_run is not None and config.train.mode != "finetune":
+        raise TlkitError("--from is only for --mode finetune")
+    index = scan(data, config.data)
+    earlier = load_run(from_run) if from_run is not None else None
+    if earlier is not None:
+        config = _adopt_earlier_run(earlier, index, config)
+    out = new_run_dir(run_dir, config.train.mode)
+    try:
+        return _train_into(out, index, config, earlier, verbose)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a run folder is whole or absent
+        raise
+
+
+def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose: int) -> TrainResult:
+    keras.utils.set_random_seed(config.data.seed)
+    mode, settings = config.train.mode, config.train
+    classes = len(index.class_names)
+    phases: list[dict] = []
+    skipped: dict[str, str] = {}
+    splits: dict[str, Split] = {}
+    if mode == "features" or (mode == "finetune" and earlier is None and settings.warmup_mode == "features"):
+        epochs = settings.epochs if mode == "features" else settings.warmup_epochs
+        features = extract(index, config, verbose)
+        head, history = _fit_head_on_features(features, config, epochs, verbose)
+        phases.append({"name": "features" if mode == "features" else "warmup (features)", "history": history})
+        model = build_classifier(build_base(settings.weights, config.data.image_size, config.data.seed), head)
+        skipped = features.skipped
+        if mode == "features":  # the head on cached features scores exactly as the whole model, faster
+            score = _scorer(head, {name: features.split(name)[:2] for name in index.files}, classes,
+                            settings.batch_size)
+    if mode in ("frozen", "finetune"):
+        splits = {name: load_split(index, name, config.data, progress=bool(verbose)) for name in index.files}
+        for split in splits.values():
+            skipped.update(split.skipped)
+    if mode == "frozen" or (mode == "finetune" and earlier is None and settings.warmup_mode == "frozen"):
+        base = build_base(settings.weights, config.data.image_size, config.data.seed)
+        set_trainable_from(base, None)
+        keras.utils.set_random_seed(config.data.seed)
+        model = build_classifier(base, build_head(base.output_shape[1:], classes, settings))
+        epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
+        compile_model(model, classes, settings.optimizer, settings.learning_rate)
+        history = _fit_augmented(model, splits, config, epochs, classes, verbose)
+        phases.append({"name": "frozen" if mode == "frozen" else "warmup (frozen)", "history": history})
+    if earlier is not None:
+        model = earlier.model
+    if mode == "finetune":
+        set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
+        compile_model(model, classes, settings.optimizer, settings.finetune_learning_rate)
+        history = _fit_augmented(model, splits, config, settings.epochs, classes, verbose)
+        phases.append({"name": "finetune", "history": history})
+    if mode != "features":
+        score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()}, classes,
+                        settings.batch_size)
+    metrics = _final_metrics(score, index, phases, skipped)
+    _write_run(out, model, index, config, phases, metrics, earlier)
+    log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
+    return TrainResult(model, index.class_names, phases, metrics, out, config)
+
+
+def _adopt_earlier_run(earlier, index: DatasetIndex, config: Config) -> Config:
+    """Check an earlier run fits this dataset; its image size wins."""
+    if tuple(earlier.class_names) != tuple(index.class_names):
+        raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
+                         f"but this dataset has {', '.join(index.class_names)}")
+    if earlier.image_size != config.data.image_size:
+        log.info("using the image size of %s: %d", earlier.path, earlier.image_size)
+        config = config.replace(data={"image_size": earlier.image_size})
+    return config
+
+
+def _callbacks(config: Config) -> list:
+    if config.train.patience == 0:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.train.patience,
+                                          restore_best_weights=True)]
+
+
+def _fit_head_on_features(features, config: Config, epochs: int, verbose: int):
+    """Fit a fresh head on cached features; returns ``(head, history)``."""
+    x_train, y_train, _ = features.split("train")
+    x_val, y_val, _ = features.split("val")
+    classes = len(features.index.class_names)
+    keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
+    head = build_head(x_train.shape[1:], classes, config.train)
+    compile_model(head, classes, config.train.optimizer, config.train.learning_rate)
+    fitted = head.fit(x_train, targets(y_train, classes), batch_size=config.train.batch_size, epochs=epochs,
+                      validation_data=(x_val, targets(y_val, classes)), shuffle=True,
+                      callbacks=_callbacks(config), verbose=_keras_verbose(verbose))
+    return head, _plain(fitted.history)
+
+
+def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int, classes: int,
+                   verbose: int) -> dict:
+    """Fit the whole classifier on augmented training images, validating on plain ones."""
+    train, val = splits["train"], splits["val"]
+    batches = AugmentedBatches(train.images, targets(train.labels, classes), config.train.batch_size,
+                               config.augment, seed=config.data.seed)
+    fitted = model.fit(batches, epochs=epochs, validation_data=(val.images, targets(val.labels, classes)),
+                       validation_batch_size=config.train.batch_size, callbacks=_callbacks(config),
+                       verbose=_keras_verbose(verbose))
+    return _plain(fitted.history)
+
+
+def _scorer(model: keras.Model, data: dict, classes: int, batch_size: int):
+    """A function ``split name -> (loss, accuracy)`` of compiled ``model`` on ``data[name] = (inputs, labels)``."""
+
+    def score(name: str) -> tuple[float, float]:
+        inputs, labels = data[name]
+        loss, accuracy = model.evaluate(inputs, targets(labels, classes), batch_size=batch_size, verbose=0)
+        return float(loss), float(accuracy)
+
+    return score
+
+
+def _final_metrics(score, index: DatasetIndex, phases: list[dict], skipped: dict[str, str]) -> dict:
+    """Validation (and test) loss/accuracy of the kept weights, best epoch, split sizes, skipped files."""
+    metrics: dict = {}
+    for name in ("val", "test"):
+        if name in index.files:
+            metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = score(name)
+    last = phases[-1]["history"]
+    best = int(np.argmin(last["val_loss"]))
+    metrics.update({
+        "best_phase": phases[-1]["name"],
+        "best_epoch": best + 1,
+        "best_val_loss": last["val_loss"][best],
+        "best_val_accuracy": max(last["val_accuracy"]),
+        "epochs_run": [len(phase["history"]["loss"]) for phase in phases],
+        "images": {name: len(files) - sum(str(p) in skipped for p in files) for name, files in index.files.items()},
+        "skipped": skipped,
+    })
+    return metrics
+
+
+def _write_run(out: Path, model: keras.Model, index: DatasetIndex, config: Config, phases: list[dict],
+               metrics: dict, earlier) -> None:
+    """Write every file of the run; the model last, so a folder with a model is a whole run."""
+    provenance = {
+        "run_format": RUN_FORMAT,
+        "tlkit_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data_dir": str(index.root.resolve()),
+        "presplit": index.presplit,
+        "class_names": list(index.class_names),
+        "from_run": str(earlier.path) if earlier is not None else None,
+    }
+    write_json(out / CLASSES_FILE, list(index.class_names))
+    write_json(out / CONFIG_FILE, {**config.to_dict(), "provenance": provenance})
+    write_json(out / HISTORY_FILE, phases)
+    write_json(out / METRICS_FILE, metrics)
+    plot_curves(phases, out / CURVES_FILE)
+    save_model(model, out / MODEL_FILE)
+
+
+def _plain(history: dict) -> dict:
+    """Keras history values as plain floats, for JSON."""
+    return {key: [float(v) for v in values] for key, values in history.items()}
+
+
+def _keras_verbose(verbose: int):
+    return "auto" if verbose else 0
