@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def make_dataset(root: Path, classes=("blue", "red"), per_class: int = 10, split
         base = root / split if split else root
         for c, name in enumerate(classes):
             for i in range(per_class):
-                write_image(base / name / f"{name}_{i:02d}{suffix}", COLOURS[name], seed=hash((split, c, i)) % 2**32)
+                write_image(base / name / f"{name}_{i:02d}{suffix}", COLOURS[name], seed=zlib.crc32(f"{split}/{c}/{i}".encode()))
     return root
 
 

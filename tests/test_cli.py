@@ -75,6 +75,10 @@ def test_config_file_and_flags(tmp_path, data):
     (["predict", "{tmp}/nope.jpg", "--run", "{tmp}/norun"], "run folder not found"),
     (["evaluate", "{data}", "--run", "{tmp}/norun"], "run folder not found"),
     (["predict", "{data}/red"], "no runs found"),
+    (["predict", "{data}/red", "--json", "--run", "{tmp}/norun"], "run folder not found"),
+    (["train", "{data}", "--seed", "-1"], "invalid seed"),
+    (["train", "{data}", "--val-split", "0", "--weights", "none"], "no validation images"),
+    (["train", "{data}", "--val-split", "1.5"], "invalid val_split"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, data, args, message):
     result = invoke(*[a.format(tmp=tmp_path, data=data) for a in args])

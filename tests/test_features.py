@@ -20,15 +20,26 @@ def test_extract_caches_then_reuses(tmp_path, config):
     assert np.array_equal(second.split("train")[0], x)
 
 
-def test_cache_reused_across_split_seeds(tmp_path, config):
+def test_cache_is_reused_across_splits(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=6)
     first = extract(data, config, verbose=0)
-    other = extract(data, config.replace(data={"seed": 99}, train={"weights": "none"}), verbose=0)
-    # With random weights the seed is part of the weights' identity; with a weights file it is not.
-    assert other.path != first.path
     resplit = extract(data, config.replace(data={"val_split": 0.5}), verbose=0)
     assert resplit.reused and resplit.path == first.path
     assert len(resplit.split("val")[0]) != len(first.split("val")[0])
+    # Random weights are drawn from the seed, so the seed is part of their identity.
+    assert extract(data, config.replace(data={"seed": 99}), verbose=0).path != first.path
+
+
+def test_cache_is_found_however_the_folder_is_spelled(tmp_path, config, monkeypatch):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    (data / "red" / "broken.jpg").write_bytes(b"junk")
+    monkeypatch.chdir(tmp_path)
+    relative = extract("d", config, verbose=0)
+    absolute = extract(data.resolve(), config, verbose=0)
+    assert absolute.reused and absolute.path == relative.path
+    assert list(absolute.skipped) == [str(data.resolve() / "red" / "broken.jpg")]
+    x, _, files = absolute.split("train")
+    assert len(x) == len(files) and str(data.resolve() / "red" / "broken.jpg") not in map(str, files)
 
 
 def test_changed_inputs_recompute(tmp_path, config):
@@ -55,6 +66,7 @@ def test_weights_file_identity_is_its_content(tmp_path, config):
     with_file = config.replace(train={"weights": str(weights)})
     first = extract(data, with_file, verbose=0)
     assert extract(data, with_file, verbose=0).reused
+    assert extract(data, with_file.replace(data={"seed": 5}), verbose=0).path == first.path  # seed is irrelevant
     keras.utils.set_random_seed(1)
     keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(weights)
     assert extract(data, with_file, verbose=0).path != first.path

@@ -6,6 +6,7 @@ import pytest
 
 import tlkit
 import tlkit.backbone
+import tlkit.model
 from tlkit.data import load_split
 from tlkit.features import extract
 
@@ -59,6 +60,10 @@ def test_frozen_mode_trains_the_head_only(tmp_path, config):
     for layer in ("block1_conv1", "block5_conv3"):
         for trained, initial in zip(_weights(result.model, layer), reference.get_layer(layer).get_weights()):
             np.testing.assert_array_equal(trained, initial)
+    keras.utils.set_random_seed(config.data.seed)
+    untrained = tlkit.model.build_head(reference.output_shape[1:], 2, config.train)  # the head's initial weights
+    hidden = result.model.get_layer("head").get_layer("hidden").get_weights()[0]
+    assert not np.array_equal(hidden, untrained.get_layer("hidden").get_weights()[0])
     history = result.history[0]
     assert history["name"] == "frozen" and len(history["history"]["loss"]) == 2
 
@@ -107,10 +112,35 @@ def test_existing_run_is_never_overwritten(tmp_path, config):
 
 def test_failed_training_leaves_no_half_run(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
+    bad = config.replace(train={"mode": "finetune", "unfreeze_from": "block9_conv1"})
     with pytest.raises(tlkit.TlkitError, match="unknown layer"):
-        tlkit.train(data, config.replace(train={"mode": "finetune", "unfreeze_from": "block9_conv1"}),
-                    run_dir=tmp_path / "run", verbose=0)
+        tlkit.train(data, bad, run_dir=tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # an empty folder the user made stays, empty
+    with pytest.raises(tlkit.TlkitError, match="unknown layer"):
+        tlkit.train(data, bad, run_dir=tmp_path / "mine", verbose=0)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def test_from_run_fixes_the_split_and_the_head(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=6)
+    tlkit.train(data, config.replace(data={"seed": 7}, train={"head_units": 8}), run_dir=tmp_path / "warm", verbose=0)
+    tuned = tlkit.train(data, config.replace(train={"mode": "finetune"}), run_dir=tmp_path / "tuned",
+                        from_run=tmp_path / "warm", verbose=0)
+    assert tuned.config.data.seed == 7 and tuned.config.train.head_units == 8  # no leak into the new val split
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"val_split": 0.0}}, "no validation images"),
+])
+def test_untrainable_data_is_refused(tmp_path, config, change, message):
+    with pytest.raises(tlkit.TlkitError, match=message):
+        tlkit.train(make_dataset(tmp_path / "d", per_class=3), config.replace(**change), verbose=0)
+
+
+def test_one_class_is_refused_for_training(tmp_path, config):
+    with pytest.raises(tlkit.TlkitError, match="at least 2"):
+        tlkit.train(make_dataset(tmp_path / "d", ("red",), per_class=3), config, verbose=0)
 
 
 def test_default_run_folder_is_under_runs(tmp_path, config):

@@ -111,6 +111,7 @@ def _setup_logging(quiet: bool) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
 
 
 config_file_option = click.option("--config", "config_file", type=click.Path(dir_okay=False),
@@ -172,10 +173,11 @@ def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bo
     _setup_logging(quiet)
     from tlkit.predict import iter_predictions
 
+    predictions = iter_predictions(list(paths), run_dir, top_k)  # bad paths and runs fail here, before output
     first = True
     if as_json:
         click.echo("[", nl=False)
-    for prediction in iter_predictions(list(paths), run_dir, top_k):
+    for prediction in predictions:
         if as_json:
             click.echo(("\n" if first else ",\n") + json.dumps(prediction.to_dict(), ensure_ascii=False), nl=False)
         else:
@@ -198,7 +200,7 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
     _setup_logging(quiet)
     from tlkit.evaluate import evaluate as evaluate_run
 
-    report = evaluate_run(data, run_dir, split)
+    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1)
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return

@@ -75,6 +75,7 @@ class DataConfig:
         _check(self.val_split + self.test_split < 1.0, "val_split + test_split",
                self.val_split + self.test_split, "below 1 so that some images are left to train on")
         _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
+        _check(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def _coerce(section: str, spec: dataclasses.Field, value: Any) -> Any:
                 raise TypeError
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TlkitError(f"option {section}.{spec.name} must be {kind}, got {value!r}") from None
 
 

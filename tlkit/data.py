@@ -13,6 +13,7 @@ The data path, top to bottom:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -107,8 +108,6 @@ def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
         class_names = tuple(sorted(by_class))
         by_split = _stratified_split(by_class, config)
         presplit = False
-    if len(class_names) < 2:
-        raise TlkitError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least 2")
     files, labels = {}, {}
     for split, classes in by_split.items():
         pairs = [(path, class_names.index(name)) for name in class_names for path in classes[name]]
@@ -131,8 +130,8 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
     """Class name -> sorted files under it (recursively), for each sub-folder of ``folder``."""
     classes = {}
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            classes[entry.name] = sorted(p for p in entry.rglob("*") if p.is_file())
+        if entry.is_dir() and not _hidden(entry.relative_to(folder)):
+            classes[entry.name] = sorted(p for p in entry.rglob("*") if p.is_file() and not _hidden(p.relative_to(entry)))
     if not classes:
         raise TlkitError(f"no class sub-folders in {folder}; expected one folder of images per class")
     empty = [name for name, paths in classes.items() if not paths]
@@ -141,15 +140,23 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def _hidden(relative: Path) -> bool:
+    """True for a dot-file or anything inside a dot-folder (.DS_Store, .ipynb_checkpoints/...)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def _stratified_split(by_class: dict[str, list[Path]], config: DataConfig) -> dict[str, dict[str, list[Path]]]:
-    """Per class: shuffle with the seed, then cut off the validation and test fractions."""
+    """Per class: rank files by a seeded hash of their name, then cut off the validation and test fractions.
+
+    Ranking by hash rather than shuffling keeps the split stable when files are added or removed:
+    each file keeps its rank, so at most the files near a cut change side.
+    """
     splits: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}}
     if config.test_split > 0:
         splits["test"] = {}
-    for index, name in enumerate(sorted(by_class)):
+    for name in sorted(by_class):
         paths = by_class[name]
-        order = np.random.default_rng([config.seed, index]).permutation(len(paths))
-        shuffled = [paths[i] for i in order]
+        shuffled = sorted(paths, key=lambda path: _rank(config.seed, path.name))
         n_val = _share(len(paths), config.val_split)
         n_test = _share(len(paths), config.test_split)
         if len(paths) - n_val - n_test < 1:
@@ -159,6 +166,10 @@ def _stratified_split(by_class: dict[str, list[Path]], config: DataConfig) -> di
             splits["test"][name] = sorted(shuffled[n_val:n_val + n_test])
         splits["train"][name] = sorted(shuffled[n_val + n_test:])
     return splits
+
+
+def _rank(seed: int, name: str) -> bytes:
+    return hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
 
 
 def _share(count: int, fraction: float) -> int:
@@ -224,7 +235,7 @@ def decode_images(
         try:
             images[i] = decode_image(paths[i], image_size)
             ok[i] = True
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # noqa: BLE001  any failure of one file skips that file, never the run
             skipped[str(paths[i])] = f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -256,7 +267,7 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))))
         elif path.is_file():
             found.append(path)
         else:

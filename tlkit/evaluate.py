@@ -52,7 +52,7 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
 
 
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
-             batch_size: int = PREDICT_BATCH) -> dict:
+             batch_size: int = PREDICT_BATCH, verbose: int = 0) -> dict:
     """Score a run on a labelled folder.
 
     Args:
@@ -62,6 +62,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
             one, else ``val``, except ``all`` for a plain folder given explicitly. A plain
             folder is split as the run was (same seed and fractions).
         batch_size: Images decoded and predicted per step.
+        verbose: 0 silent, 1 a progress bar.
 
     Returns:
         :func:`classification_metrics` plus ``data``, ``split``, ``class_names`` and ``skipped``.
@@ -93,7 +94,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     label_of = {p: to_run_label[label] for name in names for p, label in
                 zip(index.files.get(name, []), index.labels.get(name, []))}
     kept, chunks = [], []
-    for readable, probabilities in iter_probabilities(run, files, batch_size):
+    for readable, probabilities in iter_probabilities(run, files, batch_size, progress=bool(verbose)):
         kept.extend(readable)
         chunks.append(probabilities)
     if not kept:

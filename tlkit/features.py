@@ -27,11 +27,11 @@ import numpy as np
 from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
 from tlkit.config import Config
 from tlkit.data import DatasetIndex, decode_images, file_signature, scan
-from tlkit.runs import write_json
+from tlkit.runs import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Images decoded and pushed through the base per chunk while extracting.
 CHUNK_IMAGES = 256
 
@@ -55,9 +55,10 @@ class FeatureSet:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         """``(features, labels, files)`` of one split, undecodable files left out."""
         table = np.load(self.path / "features.npy", mmap_mode="r", allow_pickle=False)
-        row_of = {path: row for row, path in enumerate(_cached_files(self.path))}
-        pairs = [(row_of[str(p)], label, p) for p, label in zip(self.index.files[name], self.index.labels[name])
-                 if str(p) not in self.skipped]
+        recipe = read_json(self.path / "manifest.json")
+        row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
+        pairs = [(row_of[_relative(p, self.index.root)], label, p)
+                 for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
         return np.asarray(table[rows]), np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
 
@@ -68,7 +69,7 @@ def manifest(index: DatasetIndex, config: Config) -> dict:
     return {
         "version": CACHE_VERSION,
         "root": str(index.root.resolve()),
-        "files": [[str(p.relative_to(index.root)), *file_signature(p)] for p in files],
+        "files": [[_relative(p, index.root), *file_signature(p)] for p in files],
         "image_size": config.data.image_size,
         "weights": weights_identity(config.train.weights),
         "seed": config.data.seed if config.train.weights.lower() == "none" else None,
@@ -95,16 +96,17 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     recipe = manifest(index, config)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(config.data.cache_dir).expanduser() / "features" / key
-    if (folder / "manifest.json").is_file():
+    reused = (folder / "manifest.json").is_file()
+    if reused:
         log.info("feature cache up to date, reusing %s", folder)
-        skipped = json.loads((folder / "skipped.json").read_text(encoding="utf-8"))
-        return FeatureSet(index, folder, True, skipped)
-    log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
-    skipped = _compute(index, config, recipe, folder, verbose)
-    return FeatureSet(index, folder, False, skipped)
+    else:
+        log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
+        _compute(index, config, recipe, folder, verbose)
+    skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
+    return FeatureSet(index, folder, reused, skipped)
 
 
-def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> dict[str, str]:
+def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> None:
     """Stream every file through the base into a new cache folder, made whole before it appears."""
     files = [index.root / name for name, _, _ in recipe["files"]]
     extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
@@ -119,7 +121,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         for start in range(0, len(files), CHUNK_IMAGES):
             chunk = files[start:start + CHUNK_IMAGES]
             images, kept, bad = decode_images(chunk, config.data.image_size, config.data.workers)
-            skipped.update(bad)
+            skipped.update({_relative(Path(path), index.root): reason for path, reason in bad.items()})
             if kept:
                 out = extractor.predict(images, batch_size=config.train.batch_size, verbose=0)
                 table[[start + i for i in kept]] = out
@@ -127,7 +129,6 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
                 bar.update(start + len(chunk))
         table.flush()
         del table
-        write_json(staging / "files.json", [str(p) for p in files])
         write_json(staging / "skipped.json", skipped)
         write_json(staging / "manifest.json", recipe)
         if folder.exists():  # an unfinished or foreign folder: replace it
@@ -135,7 +136,6 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return skipped
 
 
 def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Model:
@@ -145,5 +145,6 @@ def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Mod
     return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
 
 
-def _cached_files(folder: Path) -> list[str]:
-    return json.loads((folder / "files.json").read_text(encoding="utf-8"))
+def _relative(path: Path, root: Path) -> str:
+    """A dataset file's name relative to the dataset folder: the same however the folder was spelled."""
+    return path.relative_to(root).as_posix()

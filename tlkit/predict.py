@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from tlkit.data import decode_images, list_images
@@ -63,23 +64,31 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
     """
     if top_k < 1:
         raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
-    run = resolve_run(run)
+    run = resolve_run(run)  # checked now, not at the first item: nothing is printed before an error
+    files = list_images(paths)
     k = min(top_k, len(run.class_names))
-    for readable, probabilities in iter_probabilities(run, list_images(paths), batch_size):
-        for path, probs in zip(readable, probabilities):
-            order = np.argsort(-probs, kind="stable")[:k]
-            ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
-            yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
+
+    def predictions() -> Iterator[Prediction]:
+        for readable, probabilities in iter_probabilities(run, files, batch_size):
+            for path, probs in zip(readable, probabilities):
+                order = np.argsort(-probs, kind="stable")[:k]
+                ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
+                yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
+
+    return predictions()
 
 
-def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH
+def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH, progress: bool = False
                        ) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Decode and predict ``files`` a batch at a time; yields ``(readable files, probabilities)``."""
+    bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images, kept, _ = decode_images(chunk, run.image_size, run.config.data.workers)
         if kept:
             yield [chunk[i] for i in kept], class_probabilities(run.model, images, batch_size)
+        if bar is not None:
+            bar.update(start + len(chunk))
 
 
 def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,

@@ -76,15 +76,26 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     config = config or Config()
     if from_run is not None and config.train.mode != "finetune":
         raise TlkitError("--from is only for --mode finetune")
-    index = scan(data, config.data)
     earlier = load_run(from_run) if from_run is not None else None
     if earlier is not None:
-        config = _adopt_earlier_run(earlier, index, config)
+        config = _adopt_earlier_run(earlier, config)
+    index = scan(data, config.data)
+    if len(index.class_names) < 2:
+        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at least 2")
+    if not index.files["val"]:
+        raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
+    if earlier is not None and earlier.class_names != index.class_names:
+        raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
+                         f"but {index.root} has {', '.join(index.class_names)}")
+    existed = run_dir is not None and Path(run_dir).is_dir()
     out = new_run_dir(run_dir, config.train.mode)
     try:
         return _train_into(out, index, config, earlier, verbose)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a run folder is whole or absent
+    except BaseException:  # a run folder is whole or absent (an empty one given by the user stays, empty)
+        for leftover in out.iterdir() if existed else ():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
         raise
 
 
@@ -103,8 +114,8 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         model = build_classifier(build_base(settings.weights, config.data.image_size, config.data.seed), head)
         skipped = features.skipped
         if mode == "features":  # the head on cached features scores exactly as the whole model, faster
-            score = _scorer(head, {name: features.split(name)[:2] for name in index.files}, classes,
-                            settings.batch_size)
+            scored = [name for name in ("val", "test") if name in index.files]
+            score = _scorer(head, {name: features.split(name)[:2] for name in scored}, classes, settings.batch_size)
     if mode in ("frozen", "finetune"):
         splits = {name: load_split(index, name, config.data, progress=bool(verbose)) for name in index.files}
         for split in splits.values():
@@ -128,21 +139,27 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
     if mode != "features":
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()}, classes,
                         settings.batch_size)
-    metrics = _final_metrics(score, index, phases, skipped)
+    metrics = _final_metrics(score, index, phases, skipped, restored_best=settings.patience > 0)
     _write_run(out, model, index, config, phases, metrics, earlier)
     log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
     return TrainResult(model, index.class_names, phases, metrics, out, config)
 
 
-def _adopt_earlier_run(earlier, index: DatasetIndex, config: Config) -> Config:
-    """Check an earlier run fits this dataset; its image size wins."""
-    if tuple(earlier.class_names) != tuple(index.class_names):
-        raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
-                         f"but this dataset has {', '.join(index.class_names)}")
-    if earlier.image_size != config.data.image_size:
-        log.info("using the image size of %s: %d", earlier.path, earlier.image_size)
-        config = config.replace(data={"image_size": earlier.image_size})
-    return config
+#: Settings an earlier run (``--from``) fixes: its model's shape, and its split, so that images it
+#: trained on never end up in this run's validation or test split.
+ADOPTED = {"data": ("image_size", "seed", "val_split", "test_split"), "train": ("pooling", "head_units", "dropout")}
+
+
+def _adopt_earlier_run(earlier, config: Config) -> Config:
+    """Take over the settings an earlier run fixes."""
+    changes: dict[str, dict] = {}
+    for section, names in ADOPTED.items():
+        for name in names:
+            theirs, ours = getattr(getattr(earlier.config, section), name), getattr(getattr(config, section), name)
+            if theirs != ours:
+                log.info("using %s = %s of %s", name, theirs, earlier.path)
+                changes.setdefault(section, {})[name] = theirs
+    return config.replace(**changes)
 
 
 def _callbacks(config: Config) -> list:
@@ -189,7 +206,8 @@ def _scorer(model: keras.Model, data: dict, classes: int, batch_size: int):
     return score
 
 
-def _final_metrics(score, index: DatasetIndex, phases: list[dict], skipped: dict[str, str]) -> dict:
+def _final_metrics(score, index: DatasetIndex, phases: list[dict], skipped: dict[str, str],
+                   restored_best: bool) -> dict:
     """Validation (and test) loss/accuracy of the kept weights, best epoch, split sizes, skipped files."""
     metrics: dict = {}
     for name in ("val", "test"):
@@ -198,10 +216,12 @@ def _final_metrics(score, index: DatasetIndex, phases: list[dict], skipped: dict
     last = phases[-1]["history"]
     best = int(np.argmin(last["val_loss"]))
     metrics.update({
+        "kept_weights": "best epoch" if restored_best else "last epoch",
         "best_phase": phases[-1]["name"],
         "best_epoch": best + 1,
         "best_val_loss": last["val_loss"][best],
-        "best_val_accuracy": max(last["val_accuracy"]),
+        "best_val_accuracy": last["val_accuracy"][best],
+        "max_val_accuracy": max(last["val_accuracy"]),
         "epochs_run": [len(phase["history"]["loss"]) for phase in phases],
         "images": {name: len(files) - sum(str(p) in skipped for p in files) for name, files in index.files.items()},
         "skipped": skipped,
