@@ -1,4 +1,5 @@
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.config import DataConfig
-from tlkit.data import decode_image, decode_images, list_images, scan
+from tlkit.data import decode_image, decode_images, list_images, load_split, scan
 
 from conftest import COLOURS, make_dataset, write_image
 
@@ -163,3 +164,30 @@ def test_list_images_expands_folders_and_refuses_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(tlkit.TlkitError, match="no files found"):
         list_images([tmp_path / "empty"])
+
+
+def test_decoded_images_are_cached_per_split(tmp_path, monkeypatch):
+    import tlkit.data
+
+    root = make_dataset(tmp_path / "d", per_class=4, splits=["train", "val"])
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"nope")
+    config = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
+    index = scan(root, config)
+    first = load_split(index, "train", config)
+    assert isinstance(first.images, np.memmap) and first.images.dtype == np.uint8
+    assert first.images.shape == (8, 32, 32, 3) and len(first.labels) == len(first.files) == 8
+    assert list(first.skipped) == [str(root / "train" / "red" / "broken.jpg")]
+    for image, path in zip(first.images, first.files):  # rows stay aligned with files past the skipped one
+        assert np.array_equal(image, decode_image(path, 32))
+
+    def no_decoding(*_):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(tlkit.data, "decode_image", no_decoding)
+    again = load_split(scan(root, config), "train", config)  # from the cache: nothing decoded
+    assert np.array_equal(again.images, first.images) and again.files == first.files
+    monkeypatch.undo()
+    os.utime(first.files[0], ns=(0, 10**18))  # a changed file rebuilds the split's cache
+    monkeypatch.setattr(tlkit.data, "decode_image", no_decoding)
+    with pytest.raises(tlkit.TlkitError, match="no readable images"):
+        load_split(scan(root, config), "train", config)

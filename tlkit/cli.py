@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 

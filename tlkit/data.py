@@ -8,27 +8,34 @@ The data path, top to bottom:
 2. :func:`decode_images` decodes files in parallel threads into one uint8 array
    (EXIF rotation applied, any mode converted to RGB, resized); files that cannot
    be decoded are skipped and named.
-3. :func:`load_split` does both for one split and returns a :class:`Split`.
+3. :func:`load_split` gives one split's decoded images from the decoded-image cache
+   (a memory-mapped uint8 array, built on first use) as a :class:`Split`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image, ImageOps
 
+from tlkit.cache import MANIFEST, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import DataConfig
 from tlkit.errors import TlkitError
+from tlkit.runs import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
 SPLIT_NAMES = ("train", "val", "test")
+#: Bumped when the decoded-image cache's layout or decoding changes.
+IMAGE_CACHE_VERSION = 1
+#: Images decoded per chunk when building the decoded-image cache.
+DECODE_CHUNK = 256
 #: Folder names accepted for each split of a pre-split dataset.
 SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 
@@ -212,7 +219,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_images(
-    paths: list[Path], image_size: int, workers: int = 1, progress: bool = False
+    paths: list[Path], image_size: int, workers: int = 1
 ) -> tuple[np.ndarray, list[int], dict[str, str]]:
     """Decode files in parallel threads into one uint8 array.
 
@@ -220,7 +227,6 @@ def decode_images(
         paths: Image files.
         image_size: Side of the square each image is resized to.
         workers: Decoding threads (Pillow releases the GIL while decoding).
-        progress: Show a progress bar.
 
     Returns:
         ``(images, kept, skipped)``: the decoded images stacked, the indices into
@@ -229,7 +235,6 @@ def decode_images(
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: dict[str, str] = {}
-    bar = _progress_bar(len(paths), "decoding") if progress and paths else None
 
     def work(i: int) -> None:
         try:
@@ -239,9 +244,7 @@ def decode_images(
             skipped[str(paths[i])] = f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, _ in enumerate(pool.map(work, range(len(paths))), start=1):
-            if bar is not None and (done % 64 == 0 or done == len(paths)):
-                bar.update(done)
+        list(pool.map(work, range(len(paths))))
     for path, reason in skipped.items():
         log.warning("skipped %s (not a readable image: %s)", path, reason)
     kept = [int(i) for i in np.flatnonzero(ok)]
@@ -249,12 +252,68 @@ def decode_images(
 
 
 def load_split(index: DatasetIndex, split: str, config: DataConfig, progress: bool = False) -> Split:
-    """Decode every image of one split of ``index``; undecodable files are skipped and named."""
+    """The decoded images of one split, from the decoded-image cache (built on first use).
+
+    The cache holds one memory-mapped uint8 array per split, keyed by the split's files
+    (names, sizes, mtimes) and the image size, so later epochs and later runs read
+    images at memory speed instead of decoding them again, and a dataset larger than
+    memory is paged in as it is read. Undecodable files are skipped and named.
+
+    Raises:
+        TlkitError: If no image of the split can be decoded.
+    """
     files = index.files[split]
-    images, kept, skipped = decode_images(files, config.image_size, config.workers, progress)
+    recipe = {"version": IMAGE_CACHE_VERSION, "root": str(index.root.resolve()),
+              "files": file_records(files, index.root), "image_size": config.image_size}
+    folder = cache_folder(config.cache_dir, "images", recipe)
+    if is_built(folder):
+        log.info("decoded %s images up to date, reusing %s", split, folder)
+    else:
+        log.info("decoding the %d images of the %s split into %s", len(files), split, folder)
+        _build_image_cache(files, index.root, recipe, folder, config, progress)
+    kept = read_json(folder / "kept.json")
     if not kept:
         raise TlkitError(f"no readable images in the {split} split of {index.root}")
+    skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
+    images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
     return Split(images, index.labels[split][kept], [files[i] for i in kept], skipped)
+
+
+def _build_image_cache(files: list[Path], root: Path, recipe: dict, folder: Path, config: DataConfig,
+                       progress: bool) -> None:
+    """Decode ``files`` a chunk at a time into a memory-mapped array; skipped files leave no row."""
+    size = config.image_size
+    bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
+    with building(folder) as staging:
+        table = np.lib.format.open_memmap(staging / "all.npy", mode="w+", dtype=np.uint8,
+                                          shape=(len(files), size, size, 3))
+        kept: list[int] = []
+        skipped: dict[str, str] = {}
+        for start in range(0, len(files), DECODE_CHUNK):
+            chunk = files[start:start + DECODE_CHUNK]
+            images, ok, bad = decode_images(chunk, size, config.workers)
+            table[len(kept):len(kept) + len(ok)] = images
+            kept.extend(start + i for i in ok)
+            skipped.update({relative_name(Path(path), root): reason for path, reason in bad.items()})
+            if bar is not None:
+                bar.update(start + len(chunk))
+        if len(kept) < len(files):  # keep only the decoded rows, copied a chunk at a time
+            compact = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8,
+                                                shape=(len(kept), size, size, 3))
+            for start in range(0, len(kept), DECODE_CHUNK):
+                stop = min(start + DECODE_CHUNK, len(kept))
+                compact[start:stop] = table[start:stop]
+            compact.flush()
+            del compact
+            del table
+            (staging / "all.npy").unlink()
+        else:
+            table.flush()
+            del table
+            (staging / "all.npy").rename(staging / "images.npy")
+        write_json(staging / "kept.json", kept)
+        write_json(staging / "skipped.json", skipped)
+        write_json(staging / MANIFEST, recipe)
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:
@@ -275,16 +334,3 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     if not found:
         raise TlkitError(f"no files found in {', '.join(map(str, paths))}")
     return found
-
-
-def _progress_bar(total: int, label: str):
-    import keras  # deferred: keeps `import tlkit.data` light
-
-    print(f"{label} {total} images", flush=True)
-    return keras.utils.Progbar(total, unit_name="image")
-
-
-def file_signature(path: Path) -> tuple[int, int]:
-    """``(size, mtime_ns)`` of a file: what a cache manifest compares."""
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns

@@ -12,12 +12,7 @@ time and written into a memory-mapped ``.npy`` as they come.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +20,9 @@ import keras
 import numpy as np
 
 from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
+from tlkit.cache import MANIFEST, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import Config
-from tlkit.data import DatasetIndex, decode_images, file_signature, scan
+from tlkit.data import DatasetIndex, decode_images, scan
 from tlkit.runs import read_json, write_json
 
 log = logging.getLogger("tlkit")
@@ -55,9 +51,9 @@ class FeatureSet:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         """``(features, labels, files)`` of one split, undecodable files left out."""
         table = np.load(self.path / "features.npy", mmap_mode="r", allow_pickle=False)
-        recipe = read_json(self.path / "manifest.json")
+        recipe = read_json(self.path / MANIFEST)
         row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
-        pairs = [(row_of[_relative(p, self.index.root)], label, p)
+        pairs = [(row_of[relative_name(p, self.index.root)], label, p)
                  for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
         return np.asarray(table[rows]), np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
@@ -69,7 +65,7 @@ def manifest(index: DatasetIndex, config: Config) -> dict:
     return {
         "version": CACHE_VERSION,
         "root": str(index.root.resolve()),
-        "files": [[_relative(p, index.root), *file_signature(p)] for p in files],
+        "files": file_records(files, index.root),
         "image_size": config.data.image_size,
         "weights": weights_identity(config.train.weights),
         "seed": config.data.seed if config.train.weights.lower() == "none" else None,
@@ -94,9 +90,8 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     config = config or Config()
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
     recipe = manifest(index, config)
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(config.data.cache_dir).expanduser() / "features" / key
-    reused = (folder / "manifest.json").is_file()
+    folder = cache_folder(config.data.cache_dir, "features", recipe)
+    reused = is_built(folder)
     if reused:
         log.info("feature cache up to date, reusing %s", folder)
     else:
@@ -111,9 +106,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
     files = [index.root / name for name, _, _ in recipe["files"]]
     extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     shape = tuple(extractor.output_shape[1:])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with building(folder) as staging:
         table = np.lib.format.open_memmap(staging / "features.npy", mode="w+", dtype=np.float32,
                                           shape=(len(files), *shape))
         skipped: dict[str, str] = {}
@@ -121,7 +114,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         for start in range(0, len(files), CHUNK_IMAGES):
             chunk = files[start:start + CHUNK_IMAGES]
             images, kept, bad = decode_images(chunk, config.data.image_size, config.data.workers)
-            skipped.update({_relative(Path(path), index.root): reason for path, reason in bad.items()})
+            skipped.update({relative_name(Path(path), index.root): reason for path, reason in bad.items()})
             if kept:
                 out = extractor.predict(images, batch_size=config.train.batch_size, verbose=0)
                 table[[start + i for i in kept]] = out
@@ -130,12 +123,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         table.flush()
         del table
         write_json(staging / "skipped.json", skipped)
-        write_json(staging / "manifest.json", recipe)
-        if folder.exists():  # an unfinished or foreign folder: replace it
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(staging / MANIFEST, recipe)
 
 
 def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Model:
@@ -143,8 +131,3 @@ def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Mod
     base = build_base(weights, image_size, seed)
     inputs = keras.Input(shape=(image_size, image_size, 3))
     return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
-
-
-def _relative(path: Path, root: Path) -> str:
-    """A dataset file's name relative to the dataset folder: the same however the folder was spelled."""
-    return path.relative_to(root).as_posix()

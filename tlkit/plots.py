@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tlkit.runs import atomic_write  # noqa: E402
 
@@ -26,7 +27,7 @@ def plot_curves(phases: list[dict], path: str | Path) -> None:
         for number, phase in enumerate(phases):
             history = phase["history"]
             epochs = range(offset + 1, offset + len(history.get(metric, [])) + 1)
-            suffix = f" ({phase['name']})" if len(phases) > 1 else ""
+            suffix = f" [{phase['name']}]" if len(phases) > 1 else ""
             axis.plot(epochs, history.get(metric, []), "o", color=f"C{2 * number}", label=f"training{suffix}")
             axis.plot(epochs, history.get(f"val_{metric}", []), "-", color=f"C{2 * number + 1}",
                       label=f"validation{suffix}")
@@ -35,6 +36,7 @@ def plot_curves(phases: list[dict], path: str | Path) -> None:
                 axis.axvline(offset + 0.5, color="grey", linestyle=":")
         axis.set_title(f"Training and validation {metric}")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.legend()
     figure.tight_layout()
