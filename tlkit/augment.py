@@ -1,23 +1,28 @@
-"""Training-time augmentation with Keras ImageDataGenerator's meaning.
+"""Training-time augmentation with Keras ImageDataGenerator's meaning, on the device or on the CPU.
 
-:func:`sample_transforms` draws the random parameters exactly as
-``ImageDataGenerator.get_random_transform`` does (rotation in degrees, shifts as a
-fraction of the side when below 1 and in pixels otherwise, shear in degrees,
-independent x/y zoom in ``[1 - zoom_range, 1 + zoom_range]``, flips half of the
-time), but from a seeded ``numpy.random.Generator`` instead of numpy's global state.
-:class:`AugmentedBatches` applies them with ImageDataGenerator's own
-``apply_transform`` (scipy, one composed affine transform per image) and feeds a
-Keras ``fit`` as a ``PyDataset``.
+Both paths draw the parameters as ``ImageDataGenerator.get_random_transform`` does
+(rotation in degrees, shifts as a fraction of the side when below 1 and in pixels
+otherwise, shear in degrees, independent x/y zoom in ``[1 - zoom_range, 1 + zoom_range]``,
+horizontal flips half of the time) and compose them into one affine transform per
+image, as ImageDataGenerator does:
+
+- ``device`` (the default): :class:`RandomAffine`, a Keras layer that samples with
+  ``keras.random`` and warps the whole batch with ``keras.ops.image.affine_transform``
+  inside the training step, on any backend. It sits in front of the classifier only
+  while training; the saved model never contains it.
+- ``cpu``: :class:`AugmentedBatches`, a ``PyDataset`` that samples with numpy
+  (:func:`sample_transforms`) and applies ImageDataGenerator's own ``apply_transform``
+  (scipy, one image at a time): the classic pipeline, kept for comparison and parity.
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
+from keras import ops
 
 from tlkit.config import AugmentConfig
+from tlkit.data import Batches
 
 
 def sample_transforms(rng: np.random.Generator, count: int, config: AugmentConfig, image_size: int) -> dict:
@@ -65,8 +70,8 @@ def augment_batch(images: np.ndarray, params: dict, config: AugmentConfig) -> np
     return out
 
 
-class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, augmented training batches of decoded uint8 images, reshuffled every epoch.
+class AugmentedBatches(Batches):
+    """Shuffled training batches augmented on the CPU by ImageDataGenerator's ``apply_transform``.
 
     Args:
         images: ``(n, size, size, 3)`` uint8 array.
@@ -78,20 +83,110 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
                  seed: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.images, self.labels = images, labels
-        self.batch_size, self.config = batch_size, config
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, **kwargs)
+        self.config = config
 
     def __getitem__(self, index: int):
-        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        rows = self.rows(index)
         batch = self.images[rows]
         params = sample_transforms(self.rng, len(rows), self.config, batch.shape[1])
         return augment_batch(batch, params, self.config), self.labels[rows]
 
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.images))
+
+def affine_matrices(params: dict, image_size: int):
+    """ImageDataGenerator's transform, as ``(n, 8)`` projective rows for ``ops.image.affine_transform``.
+
+    Composes rotation, shift, shear and zoom about the image centre, then the horizontal
+    flip, into one matrix per image that maps each output pixel ``(x, y)`` to the input
+    point it samples (the direction both ImageDataGenerator and Keras use).
+
+    Args:
+        params: Tensors or arrays of length n, keyed as :func:`sample_transforms` returns them.
+        image_size: Side of the square images.
+    """
+    theta = ops.deg2rad(ops.cast(params["theta"], "float32"))
+    shear = ops.deg2rad(ops.cast(params["shear"], "float32"))
+    tx, ty = ops.cast(params["tx"], "float32"), ops.cast(params["ty"], "float32")
+    zx, zy = ops.cast(params["zx"], "float32"), ops.cast(params["zy"], "float32")
+    flip = ops.cast(params["flip_horizontal"], "float32")
+    cos, sin = ops.cos(theta), ops.sin(theta)
+    # rotation @ shift @ shear @ zoom, multiplied out: [[a, b, c], [d, e, f], [0, 0, 1]]
+    a, b = cos * zx, (-cos * ops.sin(shear) - sin * ops.cos(shear)) * zy
+    d, e = sin * zx, (-sin * ops.sin(shear) + cos * ops.cos(shear)) * zy
+    c, f = cos * tx - sin * ty, sin * tx + cos * ty
+    # about the centre: offset @ M @ reset, with o the centre pixel's coordinate
+    o = image_size / 2 - 0.5
+    c, f = c + o - o * (a + b), f + o - o * (d + e)
+    # then flip the output left-right: x -> (size - 1) - x, that is M @ F
+    last = image_size - 1.0
+    c = c + flip * a * last
+    f = f + flip * d * last
+    a, d = a * (1 - 2 * flip), d * (1 - 2 * flip)
+    zero = ops.zeros_like(a)
+    return ops.stack([a, b, c, d, e, f, zero, zero], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="tlkit")
+class RandomAffine(keras.layers.Layer):
+    """ImageDataGenerator's random transform of a batch, computed on the device while training.
+
+    Args:
+        rotation_range, width_shift_range, height_shift_range, shear_range, zoom_range,
+        horizontal_flip, fill_mode: As in :class:`~tlkit.config.AugmentConfig`.
+        seed: Seed of the layer's random stream.
+
+    Inputs are images ``(n, size, size, 3)`` in [0, 255]; outputs are float32 of the same
+    shape. Outside training the layer passes images through unchanged.
+    """
+
+    def __init__(self, rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
+                 zoom_range=0.0, horizontal_flip=False, fill_mode="nearest", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = AugmentConfig(rotation_range, width_shift_range, height_shift_range, shear_range,
+                                    zoom_range, horizontal_flip, fill_mode)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow's image-transform op has no XLA kernel: there the step runs without XLA.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
+
+    @classmethod
+    def from_augment_config(cls, config: AugmentConfig, seed: int | None = None) -> RandomAffine:
+        """The layer for an :class:`~tlkit.config.AugmentConfig`."""
+        return cls(**vars(config), seed=seed)
+
+    def sample(self, count, image_size: int) -> dict:
+        """Random parameters for ``count`` images, distributed as :func:`sample_transforms` draws them."""
+        config, seed = self.config, self.seed_generator
+
+        def symmetric(limit: float):
+            return keras.random.uniform((count,), -limit, limit, seed=seed) if limit else ops.zeros((count,))
+
+        def shift(limit: float):
+            return symmetric(limit) * (image_size if limit < 1 else 1)
+
+        zoom = config.zoom_range
+        return {
+            "theta": symmetric(config.rotation_range),
+            "tx": shift(config.width_shift_range),
+            "ty": shift(config.height_shift_range),
+            "shear": symmetric(config.shear_range),
+            "zx": keras.random.uniform((count,), 1 - zoom, 1 + zoom, seed=seed) if zoom else ops.ones((count,)),
+            "zy": keras.random.uniform((count,), 1 - zoom, 1 + zoom, seed=seed) if zoom else ops.ones((count,)),
+            "flip_horizontal": (keras.random.uniform((count,), seed=seed) < 0.5) if config.horizontal_flip
+            else ops.zeros((count,), dtype="bool"),
+        }
+
+    def call(self, images, training=None):
+        images = ops.cast(images, "float32")
+        if not training:
+            return images
+        size = images.shape[1]
+        matrices = affine_matrices(self.sample(ops.shape(images)[0], size), size)
+        return ops.image.affine_transform(images, matrices, interpolation="bilinear",
+                                          fill_mode=self.config.fill_mode, fill_value=0.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **vars(self.config), "seed": self.seed}

@@ -48,10 +48,13 @@ OPTION_HELP = {
     "head_units": "Width of the dense hidden layer.",
     "dropout": "Dropout rate before the output layer.",
     "patience": "Epochs without a better val_loss before stopping; 0: never stop early.",
+    "augment_on": "Augment inside the training step (device) or with the classic ImageDataGenerator (cpu).",
+    "precision": "Compute precision; mixed types keep the output layer float32.",
 }
 CHOICES = {"mode": cfg.MODES, "optimizer": cfg.OPTIMIZERS, "pooling": cfg.POOLINGS,
-           "fill_mode": cfg.FILL_MODES, "warmup_mode": cfg.WARMUP_MODES}
-EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size")
+           "fill_mode": cfg.FILL_MODES, "warmup_mode": cfg.WARMUP_MODES, "augment_on": cfg.AUGMENT_ON,
+           "precision": cfg.PRECISIONS}
+EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision")
 
 
 class TlkitGroup(click.Group):

@@ -24,6 +24,8 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd", "nadam")
 POOLINGS = ("avg", "flatten")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 WARMUP_MODES = ("features", "frozen")
+AUGMENT_ON = ("device", "cpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 #: Learning rate of the head (features, frozen, and the warm-up of finetune).
 HEAD_LEARNING_RATE = 1e-3
@@ -124,6 +126,10 @@ class TrainConfig:
         dropout: Dropout rate before the output layer.
         patience: Epochs without a better validation loss before stopping
             (0 turns early stopping off). The best epoch's weights are kept.
+        augment_on: ``device`` (augmentation inside the training step, on the
+            accelerator) or ``cpu`` (the classic ImageDataGenerator, for comparison).
+        precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16`` (the output
+            layer stays float32).
     """
 
     mode: str = "features"
@@ -140,6 +146,8 @@ class TrainConfig:
     head_units: int = 256
     dropout: float = 0.5
     patience: int = 5
+    augment_on: str = "device"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
@@ -155,6 +163,8 @@ class TrainConfig:
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
         _check(self.patience >= 0, "patience", self.patience, "an integer >= 0")
         _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
+        _check(self.augment_on in AUGMENT_ON, "augment_on", self.augment_on, f"one of {', '.join(AUGMENT_ON)}")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,40 @@ def _build_image_cache(files: list[Path], root: Path, recipe: dict, folder: Path
         write_json(staging / MANIFEST, recipe)
 
 
+class Batches(keras.utils.PyDataset):
+    """Batches of an array (a memory-mapped image cache included) and its labels, read as they are needed.
+
+    Args:
+        images: ``(n, ...)`` array; only the rows of one batch are read at a time.
+        labels: Targets aligned with ``images``.
+        batch_size: Rows per batch.
+        shuffle: Visit rows in a new random order every epoch (rows of a batch are read in order).
+        seed: Seed of the shuffling.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def rows(self, index: int) -> np.ndarray:
+        """The rows of batch ``index``, sorted so that a memory-mapped array is read forwards."""
+        return np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+
+    def __getitem__(self, index: int):
+        rows = self.rows(index)
+        return self.images[rows], self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.images))
+
+
 def list_images(paths: list[str | Path]) -> list[Path]:
     """Expand files and folders (recursively, sorted) into a list of files, for prediction.
 

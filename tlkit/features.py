@@ -6,8 +6,9 @@ weights' identity and the feature layer. The same manifest finds the same cache
 folder (reused, and said so); any change finds a new one (recomputed). One row
 per file of the whole dataset, so changing the split or its seed reuses the cache.
 
-Extraction streams: images are decoded and pushed through the base a chunk at a
-time and written into a memory-mapped ``.npy`` as they come.
+Extraction streams: each split's images come from the decoded-image cache (see
+:func:`tlkit.data.load_split`) a chunk at a time, and their features are written into
+a memory-mapped ``.npy`` as they come.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ import numpy as np
 from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
 from tlkit.cache import MANIFEST, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import Config
-from tlkit.data import DatasetIndex, decode_images, scan
+from tlkit.data import DatasetIndex, load_split, scan
+from tlkit.model import precision_policy
 from tlkit.runs import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
 CACHE_VERSION = 2
-#: Images decoded and pushed through the base per chunk while extracting.
-CHUNK_IMAGES = 256
+#: Images pushed through the base per chunk while extracting (memory stays bounded by it).
+CHUNK_IMAGES = 512
+#: Batch size of feature extraction: inference only, so larger than training's.
+EXTRACT_BATCH = 128
 
 
 @dataclass
@@ -70,6 +74,7 @@ def manifest(index: DatasetIndex, config: Config) -> dict:
         "weights": weights_identity(config.train.weights),
         "seed": config.data.seed if config.train.weights.lower() == "none" else None,
         "layer": FEATURE_LAYER,
+        "precision": config.train.precision,
     }
 
 
@@ -102,24 +107,29 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
 
 
 def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> None:
-    """Stream every file through the base into a new cache folder, made whole before it appears."""
-    files = [index.root / name for name, _, _ in recipe["files"]]
-    extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
-    shape = tuple(extractor.output_shape[1:])
+    """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
+
+    Images come from the decoded-image cache (built here if missing), a chunk at a time,
+    and their features are written into the memory-mapped table as they are computed.
+    """
+    row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
+    with precision_policy(config.train.precision):
+        extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     with building(folder) as staging:
         table = np.lib.format.open_memmap(staging / "features.npy", mode="w+", dtype=np.float32,
-                                          shape=(len(files), *shape))
+                                          shape=(len(row_of), *extractor.output_shape[1:]))
         skipped: dict[str, str] = {}
-        bar = keras.utils.Progbar(len(files), unit_name="image") if verbose else None
-        for start in range(0, len(files), CHUNK_IMAGES):
-            chunk = files[start:start + CHUNK_IMAGES]
-            images, kept, bad = decode_images(chunk, config.data.image_size, config.data.workers)
-            skipped.update({relative_name(Path(path), index.root): reason for path, reason in bad.items()})
-            if kept:
-                out = extractor.predict(images, batch_size=config.train.batch_size, verbose=0)
-                table[[start + i for i in kept]] = out
-            if bar is not None:
-                bar.update(start + len(chunk))
+        for name in index.files:
+            split = load_split(index, name, config.data, progress=bool(verbose))
+            skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
+            rows = [row_of[relative_name(path, index.root)] for path in split.files]
+            bar = keras.utils.Progbar(len(rows), unit_name="image") if verbose else None
+            for start in range(0, len(rows), CHUNK_IMAGES):
+                stop = min(start + CHUNK_IMAGES, len(rows))
+                table[rows[start:stop]] = extractor.predict(split.images[start:stop], batch_size=EXTRACT_BATCH,
+                                                            verbose=0)
+                if bar is not None:
+                    bar.update(stop)
         table.flush()
         del table
         write_json(staging / "skipped.json", skipped)

@@ -8,6 +8,9 @@ and takes raw RGB pixels in [0, 255].
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import keras
 
 from tlkit.backbone import VGGPreprocess
@@ -68,3 +71,14 @@ def targets(labels, num_classes: int):
     if is_binary(num_classes):
         return labels.reshape(-1, 1).astype("float32")
     return labels.astype("int32")
+
+
+@contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Build models under Keras dtype policy ``name`` (``float32``, ``mixed_float16``, ``mixed_bfloat16``)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

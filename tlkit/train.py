@@ -20,13 +20,15 @@ import keras
 import numpy as np
 
 from tlkit import __version__
-from tlkit.augment import AugmentedBatches
+from tlkit.augment import AugmentedBatches, RandomAffine
 from tlkit.backbone import build_base, set_trainable_from
 from tlkit.config import Config
-from tlkit.data import DatasetIndex, Split, load_split, scan
+from tlkit.data import Batches, DatasetIndex, Split, load_split, scan
 from tlkit.errors import TlkitError
+from tlkit.evaluate import classification_metrics
 from tlkit.features import extract
-from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, targets
+from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, precision_policy, targets
+from tlkit.predict import class_probabilities
 from tlkit.plots import plot_curves
 from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
                         RUN_FORMAT, load_run, new_run_dir, save_model, write_json)
@@ -90,7 +92,8 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     existed = run_dir is not None and Path(run_dir).is_dir()
     out = new_run_dir(run_dir, config.train.mode)
     try:
-        return _train_into(out, index, config, earlier, verbose)
+        with precision_policy(config.train.precision):
+            return _train_into(out, index, config, earlier, verbose)
     except BaseException:  # a run folder is whole or absent (an empty one given by the user stays, empty)
         for leftover in out.iterdir() if existed else ():
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -115,7 +118,8 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         skipped = features.skipped
         if mode == "features":  # the head on cached features scores exactly as the whole model, faster
             scored = [name for name in ("val", "test") if name in index.files]
-            score = _scorer(head, {name: features.split(name)[:2] for name in scored}, classes, settings.batch_size)
+            score = _scorer(head, {name: features.split(name)[:2] for name in scored}, index.class_names,
+                            settings.batch_size)
     if mode in ("frozen", "finetune"):
         splits = {name: load_split(index, name, config.data, progress=bool(verbose)) for name in index.files}
         for split in splits.values():
@@ -126,19 +130,18 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         keras.utils.set_random_seed(config.data.seed)
         model = build_classifier(base, build_head(base.output_shape[1:], classes, settings))
         epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
-        compile_model(model, classes, settings.optimizer, settings.learning_rate)
-        history = _fit_augmented(model, splits, config, epochs, classes, verbose)
+        history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose)
         phases.append({"name": "frozen" if mode == "frozen" else "warmup (frozen)", "history": history})
     if earlier is not None:
         model = earlier.model
     if mode == "finetune":
         set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
-        compile_model(model, classes, settings.optimizer, settings.finetune_learning_rate)
-        history = _fit_augmented(model, splits, config, settings.epochs, classes, verbose)
+        history = _fit_augmented(model, splits, config, settings.epochs, settings.finetune_learning_rate, classes,
+                                 verbose)
         phases.append({"name": "finetune", "history": history})
     if mode != "features":
-        score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()}, classes,
-                        settings.batch_size)
+        score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
+                        index.class_names, settings.batch_size)
     metrics = _final_metrics(score, index, phases, skipped, restored_best=settings.patience > 0)
     _write_run(out, model, index, config, phases, metrics, earlier)
     log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
@@ -183,25 +186,43 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int):
     return head, _plain(fitted.history)
 
 
-def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int, classes: int,
-                   verbose: int) -> dict:
-    """Fit the whole classifier on augmented training images, validating on plain ones."""
+def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int,
+                   learning_rate: float, classes: int, verbose: int) -> dict:
+    """Fit the whole classifier on augmented training images, validating on plain ones.
+
+    With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier
+    augments each batch inside the training step (the saved classifier never holds it);
+    with ``"cpu"`` ImageDataGenerator's ``apply_transform`` augments batches on the host.
+    """
     train, val = splits["train"], splits["val"]
-    batches = AugmentedBatches(train.images, targets(train.labels, classes), config.train.batch_size,
-                               config.augment, seed=config.data.seed)
-    fitted = model.fit(batches, epochs=epochs, validation_data=(val.images, targets(val.labels, classes)),
-                       validation_batch_size=config.train.batch_size, callbacks=_callbacks(config),
-                       verbose=_keras_verbose(verbose))
+    labels = targets(train.labels, classes)
+    if config.train.augment_on == "device":
+        inputs = keras.Input(shape=model.input_shape[1:], name="image")
+        augment = RandomAffine.from_augment_config(config.augment, seed=config.data.seed)
+        trainer = keras.Model(inputs, model(augment(inputs)), name="trainer")
+        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=config.data.seed)
+    else:
+        trainer = model
+        batches = AugmentedBatches(train.images, labels, config.train.batch_size, config.augment,
+                                   seed=config.data.seed)
+    compile_model(trainer, classes, config.train.optimizer, learning_rate)
+    validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
+    fitted = trainer.fit(batches, epochs=epochs, validation_data=validation, callbacks=_callbacks(config),
+                         verbose=_keras_verbose(verbose))
     return _plain(fitted.history)
 
 
-def _scorer(model: keras.Model, data: dict, classes: int, batch_size: int):
-    """A function ``split name -> (loss, accuracy)`` of compiled ``model`` on ``data[name] = (inputs, labels)``."""
+def _scorer(model: keras.Model, data: dict, class_names: tuple[str, ...], batch_size: int):
+    """A function ``split name -> (loss, accuracy)`` of ``model`` on ``data[name] = (inputs, labels)``.
+
+    Scored as ``tlkit evaluate`` scores, so the run's figures and a later evaluation agree.
+    """
 
     def score(name: str) -> tuple[float, float]:
         inputs, labels = data[name]
-        loss, accuracy = model.evaluate(inputs, targets(labels, classes), batch_size=batch_size, verbose=0)
-        return float(loss), float(accuracy)
+        probabilities = class_probabilities(model, Batches(inputs, labels, batch_size))
+        report = classification_metrics(probabilities, labels, class_names)
+        return report["loss"], report["accuracy"]
 
     return score
 
