@@ -58,7 +58,8 @@ class TrainResult:
 
 
 def train(data: str | Path, config: Config | None = None, run_dir: str | Path | None = None,
-          from_run: str | Path | None = None, verbose: int = 1) -> TrainResult:
+          from_run: str | Path | None = None, verbose: int = 1,
+          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
     """Train a VGG16 transfer-learning classifier on a folder dataset and save the run.
 
     Args:
@@ -68,6 +69,7 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         run_dir: Folder to write the run into (must be new or empty); default ``runs/<time>-<mode>``.
         from_run: For ``finetune``: an earlier run whose model replaces the head warm-up.
         verbose: 0 silent, 1 progress bars.
+        callbacks: Extra Keras callbacks, given to every phase's ``fit`` (e.g. TensorBoard).
 
     Returns:
         A :class:`TrainResult`.
@@ -93,7 +95,7 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     out = new_run_dir(run_dir, config.train.mode)
     try:
         with precision_policy(config.train.precision):
-            return _train_into(out, index, config, earlier, verbose)
+            return _train_into(out, index, config, earlier, verbose, list(callbacks or []))
     except BaseException:  # a run folder is whole or absent (an empty one given by the user stays, empty)
         for leftover in out.iterdir() if existed else ():
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
@@ -102,7 +104,8 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         raise
 
 
-def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose: int) -> TrainResult:
+def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose: int,
+                callbacks: list) -> TrainResult:
     keras.utils.set_random_seed(config.data.seed)
     mode, settings = config.train.mode, config.train
     classes = len(index.class_names)
@@ -112,7 +115,7 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
     if mode == "features" or (mode == "finetune" and earlier is None and settings.warmup_mode == "features"):
         epochs = settings.epochs if mode == "features" else settings.warmup_epochs
         features = extract(index, config, verbose)
-        head, history = _fit_head_on_features(features, config, epochs, verbose)
+        head, history = _fit_head_on_features(features, config, epochs, verbose, callbacks)
         phases.append({"name": "features" if mode == "features" else "warmup (features)", "history": history})
         model = build_classifier(build_base(settings.weights, config.data.image_size, config.data.seed), head)
         skipped = features.skipped
@@ -130,14 +133,14 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         keras.utils.set_random_seed(config.data.seed)
         model = build_classifier(base, build_head(base.output_shape[1:], classes, settings))
         epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
-        history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose)
+        history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose, callbacks)
         phases.append({"name": "frozen" if mode == "frozen" else "warmup (frozen)", "history": history})
     if earlier is not None:
         model = earlier.model
     if mode == "finetune":
         set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
         history = _fit_augmented(model, splits, config, settings.epochs, settings.finetune_learning_rate, classes,
-                                 verbose)
+                                 verbose, callbacks)
         phases.append({"name": "finetune", "history": history})
     if mode != "features":
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
@@ -165,14 +168,14 @@ def _adopt_earlier_run(earlier, config: Config) -> Config:
     return config.replace(**changes)
 
 
-def _callbacks(config: Config) -> list:
+def _callbacks(config: Config, extra: list) -> list:
     if config.train.patience == 0:
-        return []
+        return extra
     return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.train.patience,
-                                          restore_best_weights=True)]
+                                          restore_best_weights=True), *extra]
 
 
-def _fit_head_on_features(features, config: Config, epochs: int, verbose: int):
+def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, callbacks: list):
     """Fit a fresh head on cached features; returns ``(head, history)``."""
     x_train, y_train, _ = features.split("train")
     x_val, y_val, _ = features.split("val")
@@ -182,12 +185,12 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int):
     compile_model(head, classes, config.train.optimizer, config.train.learning_rate)
     fitted = head.fit(x_train, targets(y_train, classes), batch_size=config.train.batch_size, epochs=epochs,
                       validation_data=(x_val, targets(y_val, classes)), shuffle=True,
-                      callbacks=_callbacks(config), verbose=_keras_verbose(verbose))
+                      callbacks=_callbacks(config, callbacks), verbose=_keras_verbose(verbose))
     return head, _plain(fitted.history)
 
 
 def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int,
-                   learning_rate: float, classes: int, verbose: int) -> dict:
+                   learning_rate: float, classes: int, verbose: int, callbacks: list) -> dict:
     """Fit the whole classifier on augmented training images, validating on plain ones.
 
     With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier
@@ -207,7 +210,7 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
                                    seed=config.data.seed)
     compile_model(trainer, classes, config.train.optimizer, learning_rate)
     validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
-    fitted = trainer.fit(batches, epochs=epochs, validation_data=validation, callbacks=_callbacks(config),
+    fitted = trainer.fit(batches, epochs=epochs, validation_data=validation, callbacks=_callbacks(config, callbacks),
                          verbose=_keras_verbose(verbose))
     return _plain(fitted.history)
 

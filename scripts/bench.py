@@ -1,0 +1,262 @@
+"""Throughput of tlkit against the classic recipe, measured side by side in one process.
+
+The classic recipe is Keras's ImageDataGenerator ``flow_from_directory`` with ``rescale=1/255``
+feeding the same VGG16, at the same image size and batch size. For each stage, images/s of each
+side and the ratio tlkit/classic:
+
+- ``extract_cold``: features of every training image, starting from the JPEG files
+  (tlkit: parallel decode into its decoded-image cache, then VGG16).
+- ``extract_warm``: the same from tlkit's decoded-image cache (the feature cache cleared);
+  the classic side has no cache and decodes again.
+- ``extract_cached``: tlkit's second extract of unchanged data (feature cache hit), against the
+  classic side's plain re-run.
+- ``frozen_epoch``: one epoch of training with the base frozen and the classic augmentation.
+- ``finetune_epoch``: one epoch with ``block5_conv1`` and up unfrozen.
+
+Training epochs are timed from the first to the last training batch of the second epoch, so
+compilation and validation are left out on both sides. The dataset is made here: realistic
+500x375 JPEGs, synthesised, or cut from the photos of ``--source`` (any folder of images).
+Throughput does not depend on the weights' values, so ``--weights none`` is as good as any.
+
+CPU (a few minutes)::
+
+    python scripts/bench.py --images 320 --image-size 96
+
+GPU machine, JAX backend (see README, "Benchmark")::
+
+    KERAS_BACKEND=jax python scripts/bench.py --images 4000 --batch-size 64 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+
+import tlkit  # noqa: E402
+from tlkit.backbone import build_base, set_trainable_from  # noqa: E402
+
+CLASSES = ("class_a", "class_b")
+JPEG_SIZE = (500, 375)
+VALIDATION_IMAGES = 16  # per class: tlkit trains with a validation split; it is not timed
+
+
+def make_dataset(root: Path, count: int, source: Path | None, seed: int = 0) -> Path:
+    """``root/train/<class>/*.jpg`` (``count`` images) and a small ``root/val``: 500x375 JPEGs, quality 90."""
+    photos = sorted(p for p in source.rglob("*") if p.is_file()) if source else []
+    jobs = []
+    for split, per_class in (("train", count // len(CLASSES)), ("val", VALIDATION_IMAGES)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs += [(folder / f"{i:05d}.jpg", zlib.crc32(f"{split}/{c}/{i}".encode()), c) for i in range(per_class)]
+
+    def write(job):
+        path, job_seed, label = job
+        rng = np.random.default_rng([seed, job_seed])
+        image = _cut_from(photos, rng) if photos else _synthesise(rng, label)
+        image.save(path, quality=90)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(write, jobs))
+    return root
+
+
+def _cut_from(photos: list[Path], rng: np.random.Generator) -> Image.Image:
+    """A random crop of a random photo, scaled to 500x375."""
+    while True:
+        try:
+            with Image.open(photos[int(rng.integers(len(photos)))]) as photo:
+                photo = photo.convert("RGB")
+                w, h = photo.size
+                cw, ch = int(w * rng.uniform(0.6, 1)), int(h * rng.uniform(0.6, 1))
+                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return photo.crop((x, y, x + cw, y + ch)).resize(JPEG_SIZE, Image.Resampling.BILINEAR)
+        except OSError:
+            continue
+
+
+def _synthesise(rng: np.random.Generator, label: int) -> Image.Image:
+    """A photo-like picture: a smooth colour field with soft shapes and sensor noise (JPEG-sized entropy)."""
+    w, h = JPEG_SIZE
+    corners = rng.uniform(0, 255, (2, 2, 3))
+    ys, xs = np.mgrid[0:h, 0:w]
+    u, v = (xs / w)[..., None], (ys / h)[..., None]
+    field = (corners[0, 0] * (1 - u) * (1 - v) + corners[0, 1] * u * (1 - v)
+             + corners[1, 0] * (1 - u) * v + corners[1, 1] * u * v)
+    image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
+    pen = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y, r = rng.integers(0, w), rng.integers(0, h), rng.integers(10, 90)
+        box = (x - r, y - r, x + r, y + r)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (pen.ellipse if label == 0 else pen.rectangle)(box, fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(1.5))
+    noisy = np.asarray(image, np.float32) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds from the first to the last training batch of each epoch, and the batches seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self.batches: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.count, self.end = None, 0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.end = time.perf_counter()
+        self.count += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(self.end - self.start)
+        self.batches.append(self.count)
+
+
+# ---------------------------------------------------------------------------------------------- the classic recipe
+
+
+def classic_generator(folder: Path, size: int, batch: int, augment: bool, shuffle: bool):
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    settings = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2,
+                    zoom_range=0.2, horizontal_flip=True, fill_mode="nearest") if augment else {}
+    return ImageDataGenerator(rescale=1.0 / 255, **settings).flow_from_directory(
+        folder, target_size=(size, size), batch_size=batch, class_mode="binary", shuffle=shuffle)
+
+
+def classic_extract(train: Path, size: int, batch: int, weights: str) -> float:
+    """The whole classic extraction job, building the model included (as tlkit's side is timed)."""
+    start = time.perf_counter()
+    base = build_base(weights, size)
+    generator = classic_generator(train, size, batch, augment=False, shuffle=False)
+    base.predict(generator, verbose=0)
+    return generator.samples / (time.perf_counter() - start)
+
+
+def classic_epoch(train: Path, size: int, batch: int, weights: str, unfreeze_from: str | None) -> float:
+    base = build_base(weights, size)
+    set_trainable_from(base, unfreeze_from)
+    model = keras.Sequential([keras.Input((size, size, 3)), base, keras.layers.Flatten(),
+                              keras.layers.Dense(256, activation="relu"), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.RMSprop(2e-5 if unfreeze_from is None else 1e-5),
+                  loss="binary_crossentropy", metrics=["accuracy"])
+    generator = classic_generator(train, size, batch, augment=True, shuffle=True)
+    timer = EpochTimer()
+    model.fit(generator, epochs=2, callbacks=[timer], verbose=0)
+    return timer.batches[-1] * batch / timer.seconds[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------- tlkit
+
+
+def tlkit_extract(data: Path, config: tlkit.Config, clear: tuple[str, ...]) -> float:
+    for kind in clear:
+        shutil.rmtree(Path(config.data.cache_dir) / kind, ignore_errors=True)
+    start = time.perf_counter()
+    features = tlkit.extract(data, config, verbose=0)
+    return sum(features.index.counts().values()) / (time.perf_counter() - start)  # every split is extracted
+
+
+def tlkit_epoch(data: Path, config: tlkit.Config, runs: Path, mode: str, from_run: Path | None = None) -> float:
+    timer = EpochTimer()
+    settings = config.replace(train={"mode": mode, "epochs": 2, "warmup_epochs": 1, "patience": 0})
+    tlkit.train(data, settings, run_dir=runs / mode, from_run=from_run, verbose=0, callbacks=[timer])
+    return timer.batches[-1] * config.train.batch_size / timer.seconds[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="training images (half per class)")
+    parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--weights", default=os.environ.get("TLKIT_WEIGHTS", "none"))
+    parser.add_argument("--source", type=Path, help="cut the JPEGs from the photos in this folder")
+    parser.add_argument("--workdir", type=Path, help="keep the dataset and caches here (default: a temp folder)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--stages", default="extract,frozen,finetune", help="comma-separated subset")
+    parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tlkit-bench-"))
+    data = work / "data"
+    if not data.is_dir():
+        print(f"making {args.images} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} in {data}", flush=True)
+        make_dataset(data, args.images, args.source)
+    train = data / "train"
+    config = tlkit.Config().replace(
+        data={"image_size": args.image_size, "cache_dir": str(work / "cache")},
+        train={"weights": args.weights, "batch_size": args.batch_size})
+    size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
+    results = []
+
+    def record(stage: str, classic: float, ours: float) -> None:
+        results.append({"stage": stage, "classic_images_per_s": classic, "tlkit_images_per_s": ours,
+                        "ratio": ours / classic})
+        print(f"  {stage:<16} classic {classic:9.1f}  tlkit {ours:11.1f}  ratio {ours / classic:8.2f}", flush=True)
+
+    if "extract" in stages:  # alternating sides, best of --repeat: a shared machine's noise hits both alike
+        for stage, clear in (("extract_cold", ("features", "images")), ("extract_warm", ("features",))):
+            pairs = [(classic_extract(train, size, batch, args.weights), tlkit_extract(data, config, clear))
+                     for _ in range(args.repeat)]
+            record(stage, max(c for c, _ in pairs), max(t for _, t in pairs))
+        record("extract_cached", results[-1]["classic_images_per_s"], tlkit_extract(data, config, clear=()))
+    runs = work / f"runs-{time.time_ns()}"
+    if "frozen" in stages or "finetune" in stages:
+        record("frozen_epoch", classic_epoch(train, size, batch, args.weights, None),
+               tlkit_epoch(data, config, runs, "frozen"))
+    if "finetune" in stages:
+        record("finetune_epoch", classic_epoch(train, size, batch, args.weights, "block5_conv1"),
+               tlkit_epoch(data, config, runs, "finetune", from_run=runs / "frozen"))
+
+    report = {
+        "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
+        "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _devices() -> list[str]:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else ["cpu"]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
+if __name__ == "__main__":
+    main()
