@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 #: The file a finished cache folder always holds (its recipe); written last.
 MANIFEST = "manifest.json"
 
@@ -58,3 +60,51 @@ def building(folder: Path) -> Iterator[Path]:
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class RowFile:
+    """An ``.npy`` array read and written a row range at a time with plain file I/O.
+
+    Unlike a memory map, rows pass through the page cache without staying in the process's
+    resident memory, so building or streaming a cache of any size keeps memory flat. The file
+    is an ordinary ``.npy`` (``np.load(path, mmap_mode="r")`` reads it back).
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...] | None = None, dtype="float32") -> None:
+        """Open ``path`` for reading, or create it (sized, zero-filled) when ``shape`` is given."""
+        self.path = Path(path)
+        if shape is not None:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                      "shape": tuple(shape)}
+            with open(self.path, "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+                handle.truncate(handle.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        with open(self.path, "rb") as handle:
+            np.lib.format.read_magic(handle)
+            self.shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            self.offset = handle.tell()
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self.handle = open(self.path, "r+b" if shape is not None else "rb")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` at row ``start`` onwards."""
+        os.pwrite(self.handle.fileno(), np.ascontiguousarray(rows, self.dtype).tobytes(),
+                  self.offset + start * self.row_bytes)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (exclusive), as a new array."""
+        raw = os.pread(self.handle.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(raw, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> RowFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

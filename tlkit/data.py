@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlkit.cache import MANIFEST, building, cache_folder, file_records, is_built, relative_name
+from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.runs import read_json, write_json
@@ -36,6 +36,8 @@ SPLIT_NAMES = ("train", "val", "test")
 IMAGE_CACHE_VERSION = 1
 #: Images decoded per chunk when building the decoded-image cache.
 DECODE_CHUNK = 256
+#: The decoded images of a split, in its cache folder.
+IMAGES_FILE = "images.npy"
 #: Folder names accepted for each split of a pre-split dataset.
 SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 
@@ -69,12 +71,16 @@ class DatasetIndex:
 
 @dataclass
 class Split:
-    """Decoded images of one split: ``images[i]`` is ``files[i]`` with label ``labels[i]``."""
+    """Decoded images of one split: ``images[i]`` is ``files[i]`` with label ``labels[i]``.
+
+    ``images`` is memory-mapped from ``cache / IMAGES_FILE`` (the decoded-image cache).
+    """
 
     images: np.ndarray
     labels: np.ndarray
     files: list[Path]
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str]
+    cache: Path
 
 
 def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
@@ -275,42 +281,35 @@ def load_split(index: DatasetIndex, split: str, config: DataConfig, progress: bo
     if not kept:
         raise TlkitError(f"no readable images in the {split} split of {index.root}")
     skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
-    images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
-    return Split(images, index.labels[split][kept], [files[i] for i in kept], skipped)
+    images = np.load(folder / IMAGES_FILE, mmap_mode="r", allow_pickle=False)
+    return Split(images, index.labels[split][kept], [files[i] for i in kept], skipped, folder)
 
 
 def _build_image_cache(files: list[Path], root: Path, recipe: dict, folder: Path, config: DataConfig,
                        progress: bool) -> None:
-    """Decode ``files`` a chunk at a time into a memory-mapped array; skipped files leave no row."""
+    """Decode ``files`` a chunk at a time into an ``.npy`` file; skipped files leave no row."""
     size = config.image_size
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
     with building(folder) as staging:
-        table = np.lib.format.open_memmap(staging / "all.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(files), size, size, 3))
         kept: list[int] = []
         skipped: dict[str, str] = {}
-        for start in range(0, len(files), DECODE_CHUNK):
-            chunk = files[start:start + DECODE_CHUNK]
-            images, ok, bad = decode_images(chunk, size, config.workers)
-            table[len(kept):len(kept) + len(ok)] = images
-            kept.extend(start + i for i in ok)
-            skipped.update({relative_name(Path(path), root): reason for path, reason in bad.items()})
-            if bar is not None:
-                bar.update(start + len(chunk))
-        if len(kept) < len(files):  # keep only the decoded rows, copied a chunk at a time
-            compact = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(kept), size, size, 3))
-            for start in range(0, len(kept), DECODE_CHUNK):
-                stop = min(start + DECODE_CHUNK, len(kept))
-                compact[start:stop] = table[start:stop]
-            compact.flush()
-            del compact
-            del table
-            (staging / "all.npy").unlink()
+        with RowFile(staging / "all.npy", (len(files), size, size, 3), np.uint8) as table:
+            for start in range(0, len(files), DECODE_CHUNK):
+                chunk = files[start:start + DECODE_CHUNK]
+                images, ok, bad = decode_images(chunk, size, config.workers)
+                table.write(len(kept), images)
+                kept.extend(start + i for i in ok)
+                skipped.update({relative_name(Path(path), root): reason for path, reason in bad.items()})
+                if bar is not None:
+                    bar.update(start + len(chunk))
+            if len(kept) < len(files):  # keep only the decoded rows, copied a chunk at a time
+                with RowFile(staging / IMAGES_FILE, (len(kept), size, size, 3), np.uint8) as compact:
+                    for start in range(0, len(kept), DECODE_CHUNK):
+                        compact.write(start, table.read(start, min(start + DECODE_CHUNK, len(kept))))
+        if len(kept) == len(files):
+            (staging / "all.npy").replace(staging / IMAGES_FILE)
         else:
-            table.flush()
-            del table
-            (staging / "all.npy").rename(staging / "images.npy")
+            (staging / "all.npy").unlink()
         write_json(staging / "kept.json", kept)
         write_json(staging / "skipped.json", skipped)
         write_json(staging / MANIFEST, recipe)

@@ -21,9 +21,9 @@ import keras
 import numpy as np
 
 from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
-from tlkit.cache import MANIFEST, building, cache_folder, file_records, is_built, relative_name
+from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import Config
-from tlkit.data import DatasetIndex, load_split, scan
+from tlkit.data import IMAGES_FILE, DatasetIndex, load_split, scan
 from tlkit.model import precision_policy
 from tlkit.runs import read_json, write_json
 
@@ -115,23 +115,22 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
     row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
     with precision_policy(config.train.precision):
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
-    with building(folder) as staging:
-        table = np.lib.format.open_memmap(staging / "features.npy", mode="w+", dtype=np.float32,
-                                          shape=(len(row_of), *extractor.output_shape[1:]))
-        skipped: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    with building(folder) as staging, \
+            RowFile(staging / "features.npy", (len(row_of), *extractor.output_shape[1:])) as table:
         for name in index.files:
             split = load_split(index, name, config.data, progress=bool(verbose))
             skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
             rows = [row_of[relative_name(path, index.root)] for path in split.files]
             bar = keras.utils.Progbar(len(rows), unit_name="image") if verbose else None
-            for start in range(0, len(rows), CHUNK_IMAGES):
-                stop = min(start + CHUNK_IMAGES, len(rows))
-                table[rows[start:stop]] = extractor.predict(split.images[start:stop], batch_size=EXTRACT_BATCH,
-                                                            verbose=0)
-                if bar is not None:
-                    bar.update(stop)
-        table.flush()
-        del table
+            with RowFile(split.cache / IMAGES_FILE) as images:  # read, not mapped: memory stays flat
+                for start in range(0, len(rows), CHUNK_IMAGES):
+                    stop = min(start + CHUNK_IMAGES, len(rows))
+                    features = extractor.predict(images.read(start, stop), batch_size=EXTRACT_BATCH, verbose=0)
+                    for row, feature in zip(rows[start:stop], features):
+                        table.write(row, feature[None])
+                    if bar is not None:
+                        bar.update(stop)
         write_json(staging / "skipped.json", skipped)
         write_json(staging / MANIFEST, recipe)
 
