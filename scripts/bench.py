@@ -198,6 +198,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--stages", default="extract,frozen,finetune", help="comma-separated subset")
     parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
+    parser.add_argument("--precision", default="float32", choices=tlkit.config.PRECISIONS,
+                        help="tlkit's compute precision (the classic recipe is float32)")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tlkit-bench-"))
@@ -208,7 +210,7 @@ def main() -> None:
     train = data / "train"
     config = tlkit.Config().replace(
         data={"image_size": args.image_size, "cache_dir": str(work / "cache")},
-        train={"weights": args.weights, "batch_size": args.batch_size})
+        train={"weights": args.weights, "batch_size": args.batch_size, "precision": args.precision})
     size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
     results = []
 
@@ -234,6 +236,7 @@ def main() -> None:
     report = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
         "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
+        "tlkit_precision": args.precision,
         "results": results,
     }
     print(json.dumps(report, indent=2))

@@ -147,3 +147,31 @@ def test_default_run_folder_is_under_runs(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
     result = tlkit.train(data, config, verbose=0)
     assert result.run_dir.resolve().parent == tmp_path / "runs" and result.run_dir.name.endswith("-features")
+
+
+def test_mixed_precision_keeps_the_output_float32(tmp_path, config):
+    import keras
+
+    data = make_dataset(tmp_path / "d", per_class=4)
+    settings = config.replace(train={"mode": "frozen", "precision": "mixed_bfloat16", "epochs": 1})
+    result = tlkit.train(data, settings, run_dir=tmp_path / "run", verbose=0)
+    assert result.model.get_layer("vgg16").get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert result.model.output.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == "mixed_bfloat16"
+
+
+def test_augmentation_runs_where_asked_and_never_stays_in_the_model(tmp_path, config, monkeypatch):
+    import tlkit.augment
+
+    calls = []
+    original = tlkit.augment.augment_batch
+    monkeypatch.setattr(tlkit.augment, "augment_batch", lambda *a: calls.append(1) or original(*a))
+    data = make_dataset(tmp_path / "d", per_class=4)
+    for where in ("cpu", "device"):
+        calls.clear()
+        result = tlkit.train(data, config.replace(train={"mode": "frozen", "augment_on": where}),
+                             run_dir=tmp_path / where, verbose=0)
+        assert (len(calls) > 0) == (where == "cpu")  # the classic ImageDataGenerator ran only when asked
+        saved = keras.models.load_model(tmp_path / where / "model.keras")
+        assert not any(isinstance(layer, tlkit.augment.RandomAffine) for layer in saved._flatten_layers())

@@ -35,6 +35,10 @@ from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, ME
 
 log = logging.getLogger("tlkit")
 
+#: Threads reading training batches ahead of the device (augmentation on the device only: the CPU
+#: path's ImageDataGenerator draws from one random stream and runs in the main thread).
+PREFETCH_THREADS = 4
+
 
 @dataclass
 class TrainResult:
@@ -97,10 +101,13 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         with precision_policy(config.train.precision):
             return _train_into(out, index, config, earlier, verbose, list(callbacks or []))
     except BaseException:  # a run folder is whole or absent (an empty one given by the user stays, empty)
-        for leftover in out.iterdir() if existed else ():
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
+        for leftover in out.iterdir() if existed else ():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
         raise
 
 
@@ -203,7 +210,9 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
         inputs = keras.Input(shape=model.input_shape[1:], name="image")
         augment = RandomAffine.from_augment_config(config.augment, seed=config.data.seed)
         trainer = keras.Model(inputs, model(augment(inputs)), name="trainer")
-        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=config.data.seed)
+        # Reading a batch is a memory copy: a few threads read ahead so the device never waits.
+        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=config.data.seed,
+                          workers=min(PREFETCH_THREADS, config.data.workers))
     else:
         trainer = model
         batches = AugmentedBatches(train.images, labels, config.train.batch_size, config.augment,
