@@ -86,3 +86,18 @@ def test_undecodable_file_is_skipped_and_recorded(tmp_path, config):
 
 def test_library_exposes_extract():
     assert tlkit.extract is extract
+
+
+def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
+    from tlkit.cache import RowFile
+    from tlkit.features import _chunks
+
+    first = np.arange(5, dtype=np.float32).reshape(5, 1)
+    second = np.arange(10, 13, dtype=np.float32).reshape(3, 1)
+    with RowFile(tmp_path / "a.npy", first.shape) as a, RowFile(tmp_path / "b.npy", second.shape) as b:
+        a.write(0, first)
+        b.write(0, second)
+        chunks = list(_chunks([(a, [7, 6, 5, 4, 3]), (b, [0, 1, 2])], size=3))
+    assert [len(rows) for _, rows in chunks] == [3, 3, 2]  # the middle chunk spans both sources
+    pairs = {row: float(image[0]) for images, rows in chunks for row, image in zip(rows, images)}
+    assert pairs == {7: 0, 6: 1, 5: 2, 4: 3, 3: 4, 0: 10, 1: 11, 2: 12}

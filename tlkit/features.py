@@ -14,6 +14,8 @@ a memory-mapped ``.npy`` as they come.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ log = logging.getLogger("tlkit")
 
 CACHE_VERSION = 2
 #: Images pushed through the base per chunk while extracting (memory stays bounded by it).
-CHUNK_IMAGES = 512
+CHUNK_IMAGES = 1024
 #: Batch size of feature extraction: inference only, so larger than training's.
 EXTRACT_BATCH = 128
 
@@ -109,30 +111,45 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
 def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> None:
     """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
 
-    Images come from the decoded-image cache (built here if missing), a chunk at a time,
-    and their features are written into the memory-mapped table as they are computed.
+    Images come from the decoded-image caches (built here if missing), read a chunk at a time
+    across all splits, and their features are written into the table as they are computed.
     """
     row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
     with precision_policy(config.train.precision):
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     skipped: dict[str, str] = {}
-    with building(folder) as staging, \
-            RowFile(staging / "features.npy", (len(row_of), *extractor.output_shape[1:])) as table:
+    with building(folder) as staging, ExitStack() as files:
+        table = files.enter_context(RowFile(staging / "features.npy", (len(row_of), *extractor.output_shape[1:])))
+        sources = []  # per split: its decoded images (read, not mapped: memory stays flat) and their table rows
         for name in index.files:
             split = load_split(index, name, config.data, progress=bool(verbose))
             skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
-            rows = [row_of[relative_name(path, index.root)] for path in split.files]
-            bar = keras.utils.Progbar(len(rows), unit_name="image") if verbose else None
-            with RowFile(split.cache / IMAGES_FILE) as images:  # read, not mapped: memory stays flat
-                for start in range(0, len(rows), CHUNK_IMAGES):
-                    stop = min(start + CHUNK_IMAGES, len(rows))
-                    features = extractor.predict(images.read(start, stop), batch_size=EXTRACT_BATCH, verbose=0)
-                    for row, feature in zip(rows[start:stop], features):
-                        table.write(row, feature[None])
-                    if bar is not None:
-                        bar.update(stop)
+            sources.append((files.enter_context(RowFile(split.cache / IMAGES_FILE)),
+                            [row_of[relative_name(path, index.root)] for path in split.files]))
+        bar = keras.utils.Progbar(sum(len(rows) for _, rows in sources), unit_name="image") if verbose else None
+        done = 0
+        for images, rows in _chunks(sources, CHUNK_IMAGES):
+            for row, feature in zip(rows, extractor.predict(images, batch_size=EXTRACT_BATCH, verbose=0)):
+                table.write(row, feature[None])
+            done += len(rows)
+            if bar is not None:
+                bar.update(done)
         write_json(staging / "skipped.json", skipped)
         write_json(staging / MANIFEST, recipe)
+
+
+def _chunks(sources: list[tuple[RowFile, list[int]]], size: int) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """The images of every source in turn, ``size`` at a time (a chunk may span splits), with their rows."""
+    positions = [(source, i) for source, (_, rows) in enumerate(sources) for i in range(len(rows))]
+    for start in range(0, len(positions), size):
+        part = positions[start:start + size]
+        arrays, rows = [], []
+        for source in dict.fromkeys(source for source, _ in part):
+            local = [i for s, i in part if s == source]
+            images, table_rows = sources[source]
+            arrays.append(images.read(local[0], local[-1] + 1))
+            rows.extend(table_rows[i] for i in local)
+        yield np.concatenate(arrays), rows
 
 
 def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Model:
