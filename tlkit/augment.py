@@ -36,21 +36,27 @@ def sample_transforms(rng: np.random.Generator, count: int, config: AugmentConfi
         draws ``tx`` from ``height_shift_range``; here ``width_shift_range`` moves images sideways.
     """
 
-    def symmetric(limit: float) -> np.ndarray:
-        return rng.uniform(-limit, limit, count) if limit else np.zeros(count)
+    return draw_transforms(lambda low, high: rng.uniform(low, high, count), config, image_size)
 
-    def shift(limit: float) -> np.ndarray:
-        return symmetric(limit) * (image_size if limit < 1 else 1)
+
+def draw_transforms(uniform, config: AugmentConfig, image_size: int) -> dict:
+    """ImageDataGenerator's parameter distributions, drawn with ``uniform(low, high)`` (one value per image).
+
+    Shared by the CPU path (numpy) and the device path (``keras.random``), so both draw alike.
+    """
+
+    def shift(limit: float):
+        return uniform(-limit, limit) * (image_size if limit < 1 else 1)
 
     zoom = config.zoom_range
     return {
-        "theta": symmetric(config.rotation_range),
+        "theta": uniform(-config.rotation_range, config.rotation_range),
         "tx": shift(config.width_shift_range),
         "ty": shift(config.height_shift_range),
-        "shear": symmetric(config.shear_range),
-        "zx": rng.uniform(1 - zoom, 1 + zoom, count) if zoom else np.ones(count),
-        "zy": rng.uniform(1 - zoom, 1 + zoom, count) if zoom else np.ones(count),
-        "flip_horizontal": (rng.random(count) < 0.5) & config.horizontal_flip,
+        "shear": uniform(-config.shear_range, config.shear_range),
+        "zx": uniform(1 - zoom, 1 + zoom),
+        "zy": uniform(1 - zoom, 1 + zoom),
+        "flip_horizontal": uniform(0.0, 1.0) < (0.5 if config.horizontal_flip else 0.0),
     }
 
 
@@ -156,25 +162,8 @@ class RandomAffine(keras.layers.Layer):
 
     def sample(self, count, image_size: int) -> dict:
         """Random parameters for ``count`` images, distributed as :func:`sample_transforms` draws them."""
-        config, seed = self.config, self.seed_generator
-
-        def symmetric(limit: float):
-            return keras.random.uniform((count,), -limit, limit, seed=seed) if limit else ops.zeros((count,))
-
-        def shift(limit: float):
-            return symmetric(limit) * (image_size if limit < 1 else 1)
-
-        zoom = config.zoom_range
-        return {
-            "theta": symmetric(config.rotation_range),
-            "tx": shift(config.width_shift_range),
-            "ty": shift(config.height_shift_range),
-            "shear": symmetric(config.shear_range),
-            "zx": keras.random.uniform((count,), 1 - zoom, 1 + zoom, seed=seed) if zoom else ops.ones((count,)),
-            "zy": keras.random.uniform((count,), 1 - zoom, 1 + zoom, seed=seed) if zoom else ops.ones((count,)),
-            "flip_horizontal": (keras.random.uniform((count,), seed=seed) < 0.5) if config.horizontal_flip
-            else ops.zeros((count,), dtype="bool"),
-        }
+        return draw_transforms(lambda low, high: keras.random.uniform((count,), low, high, seed=self.seed_generator),
+                               self.config, image_size)
 
     def call(self, images, training=None):
         images = ops.cast(images, "float32")
