@@ -170,15 +170,16 @@ def test_decoded_images_are_cached_per_split(tmp_path, monkeypatch):
     import tlkit.data
 
     root = make_dataset(tmp_path / "d", per_class=4, splits=["train", "val"])
-    (root / "train" / "red" / "broken.jpg").write_bytes(b"nope")
+    (root / "train" / "blue" / "broken.jpg").write_bytes(b"nope")  # in the first class: shifts every row
     config = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
     index = scan(root, config)
     first = load_split(index, "train", config)
     assert isinstance(first.images, np.memmap) and first.images.dtype == np.uint8
     assert first.images.shape == (8, 32, 32, 3) and len(first.labels) == len(first.files) == 8
-    assert list(first.skipped) == [str(root / "train" / "red" / "broken.jpg")]
-    for image, path in zip(first.images, first.files):  # rows stay aligned with files past the skipped one
+    assert list(first.skipped) == [str(root / "train" / "blue" / "broken.jpg")]
+    for image, path, label in zip(first.images, first.files, first.labels):  # rows, files, labels stay together
         assert np.array_equal(image, decode_image(path, 32))
+        assert index.class_names[label] == path.parent.name
 
     def no_decoding(*_):
         raise AssertionError("decoded again")
@@ -191,3 +192,5 @@ def test_decoded_images_are_cached_per_split(tmp_path, monkeypatch):
     monkeypatch.setattr(tlkit.data, "decode_image", no_decoding)
     with pytest.raises(tlkit.TlkitError, match="no readable images"):
         load_split(scan(root, config), "train", config)
+    monkeypatch.undo()  # a split with nothing readable was not cached: the next try decodes again
+    assert len(load_split(scan(root, config), "train", config).files) == 8

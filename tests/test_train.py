@@ -170,8 +170,8 @@ def test_augmentation_runs_where_asked_and_never_stays_in_the_model(tmp_path, co
     data = make_dataset(tmp_path / "d", per_class=4)
     for where in ("cpu", "device"):
         calls.clear()
-        result = tlkit.train(data, config.replace(train={"mode": "frozen", "augment_on": where}),
-                             run_dir=tmp_path / where, verbose=0)
+        tlkit.train(data, config.replace(train={"mode": "frozen", "augment_on": where}),
+                    run_dir=tmp_path / where, verbose=0)
         assert (len(calls) > 0) == (where == "cpu")  # the classic ImageDataGenerator ran only when asked
         saved = keras.models.load_model(tmp_path / where / "model.keras")
         assert not any(isinstance(layer, tlkit.augment.RandomAffine) for layer in saved._flatten_layers())

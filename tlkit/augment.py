@@ -43,6 +43,8 @@ def draw_transforms(uniform, config: AugmentConfig, image_size: int) -> dict:
     """ImageDataGenerator's parameter distributions, drawn with ``uniform(low, high)`` (one value per image).
 
     Shared by the CPU path (numpy) and the device path (``keras.random``), so both draw alike.
+    A shift range of 1 or more is drawn uniformly in pixels (ImageDataGenerator draws whole pixels
+    from an integer range).
     """
 
     def shift(limit: float):
@@ -88,8 +90,8 @@ class AugmentedBatches(Batches):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int, **kwargs) -> None:
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, **kwargs)
+                 seed: int) -> None:
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed)  # one worker: one random stream
         self.config = config
 
     def __getitem__(self, index: int):

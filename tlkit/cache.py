@@ -24,11 +24,15 @@ MANIFEST = "manifest.json"
 
 
 def file_records(files: list[Path], root: Path) -> list[list]:
-    """``[relative name, size, mtime_ns]`` of each file: what a recipe compares."""
+    """``[relative name, size, mtime_ns, ctime_ns]`` of each file: what a recipe compares.
+
+    The inode change time catches what the modification time does not, such as a ``chmod``
+    that makes an unreadable (so skipped) file readable.
+    """
     records = []
     for path in files:
         stat = os.stat(path)
-        records.append([relative_name(path, root), stat.st_size, stat.st_mtime_ns])
+        records.append([relative_name(path, root), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
     return records
 
 
@@ -55,9 +59,13 @@ def building(folder: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         yield staging
-        if folder.exists():  # an unfinished or damaged folder of the same recipe
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        if not is_built(folder):  # another process may have finished the same cache first: keep theirs
+            shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder of the same recipe
+            try:
+                os.replace(staging, folder)
+            except OSError:
+                if not is_built(folder):
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -91,16 +99,29 @@ class RowFile:
         return self.shape[0]
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        """Write ``rows`` at row ``start`` onwards."""
-        os.pwrite(self.handle.fileno(), np.ascontiguousarray(rows, self.dtype).tobytes(),
-                  self.offset + start * self.row_bytes)
+        """Write ``rows`` at row ``start`` onwards (all of them: a short write is continued)."""
+        data = memoryview(np.ascontiguousarray(rows, self.dtype).tobytes())
+        position = self.offset + start * self.row_bytes
+        while data:
+            written = os.pwrite(self.handle.fileno(), data, position)
+            data, position = data[written:], position + written
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start`` to ``stop`` (exclusive), as a new array."""
-        raw = os.pread(self.handle.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        """Rows ``start`` to ``stop`` (exclusive), as a new array.
+
+        Raises:
+            OSError: If the file holds fewer bytes than its header promises (truncated).
+        """
+        size = (stop - start) * self.row_bytes
+        raw = os.pread(self.handle.fileno(), size, self.offset + start * self.row_bytes)
+        if len(raw) != size:
+            raise OSError(f"{self.path} is truncated: rows {start}-{stop} are missing")
         return np.frombuffer(raw, self.dtype).reshape(stop - start, *self.shape[1:])
 
     def close(self) -> None:
+        """Close the file; a written file is flushed to disk first."""
+        if self.handle.mode != "rb":
+            os.fsync(self.handle.fileno())
         self.handle.close()
 
     def __enter__(self) -> RowFile:

@@ -33,7 +33,7 @@ log = logging.getLogger("tlkit")
 
 SPLIT_NAMES = ("train", "val", "test")
 #: Bumped when the decoded-image cache's layout or decoding changes.
-IMAGE_CACHE_VERSION = 1
+IMAGE_CACHE_VERSION = 2
 #: Images decoded per chunk when building the decoded-image cache.
 DECODE_CHUNK = 256
 #: The decoded images of a split, in its cache folder.
@@ -246,6 +246,8 @@ def decode_images(
         try:
             images[i] = decode_image(paths[i], image_size)
             ok[i] = True
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001  any failure of one file skips that file, never the run
             skipped[str(paths[i])] = f"{type(exc).__name__}: {exc}"
 
@@ -306,6 +308,8 @@ def _build_image_cache(files: list[Path], root: Path, recipe: dict, folder: Path
                 with RowFile(staging / IMAGES_FILE, (len(kept), size, size, 3), np.uint8) as compact:
                     for start in range(0, len(kept), DECODE_CHUNK):
                         compact.write(start, table.read(start, min(start + DECODE_CHUNK, len(kept))))
+        if not kept:  # nothing to cache: fail now, and try again next time
+            raise TlkitError(f"no readable images in {', '.join(sorted({str(p.parent) for p in files}))}")
         if len(kept) == len(files):
             (staging / "all.npy").replace(staging / IMAGES_FILE)
         else:

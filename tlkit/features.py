@@ -8,7 +8,7 @@ per file of the whole dataset, so changing the split or its seed reuses the cach
 
 Extraction streams: each split's images come from the decoded-image cache (see
 :func:`tlkit.data.load_split`) a chunk at a time, and their features are written into
-a memory-mapped ``.npy`` as they come.
+an ``.npy`` file as they come (plain file I/O, so memory stays flat).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tlkit.runs import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: Images pushed through the base per chunk while extracting (memory stays bounded by it).
 CHUNK_IMAGES = 1024
 #: Batch size of feature extraction: inference only, so larger than training's.
@@ -58,7 +58,7 @@ class FeatureSet:
         """``(features, labels, files)`` of one split, undecodable files left out."""
         table = np.load(self.path / "features.npy", mmap_mode="r", allow_pickle=False)
         recipe = read_json(self.path / MANIFEST)
-        row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
+        row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
         pairs = [(row_of[relative_name(p, self.index.root)], label, p)
                  for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
@@ -114,7 +114,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
     Images come from the decoded-image caches (built here if missing), read a chunk at a time
     across all splits, and their features are written into the table as they are computed.
     """
-    row_of = {name: row for row, (name, _, _) in enumerate(recipe["files"])}
+    row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
     with precision_policy(config.train.precision):
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     skipped: dict[str, str] = {}

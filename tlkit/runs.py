@@ -12,6 +12,7 @@ A run folder holds::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -98,10 +99,14 @@ def new_run_dir(run_dir: str | Path | None, mode: str) -> Path:
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(DEFAULT_RUNS_DIR) / f"{stamp}-{mode}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                path.mkdir()  # atomic: two runs started in the same second get different folders
+                return path
+            except FileExistsError:
+                continue
     else:
         path = Path(run_dir)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):

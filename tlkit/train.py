@@ -36,7 +36,7 @@ from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, ME
 log = logging.getLogger("tlkit")
 
 #: Threads reading training batches ahead of the device (augmentation on the device only: the CPU
-#: path's ImageDataGenerator draws from one random stream and runs in the main thread).
+#: path's ImageDataGenerator draws from one random stream, so its batches are made one at a time).
 PREFETCH_THREADS = 4
 
 
@@ -140,14 +140,15 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         keras.utils.set_random_seed(config.data.seed)
         model = build_classifier(base, build_head(base.output_shape[1:], classes, settings))
         epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
-        history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose, callbacks)
+        history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose, callbacks,
+                                 phase=len(phases))
         phases.append({"name": "frozen" if mode == "frozen" else "warmup (frozen)", "history": history})
     if earlier is not None:
         model = earlier.model
     if mode == "finetune":
         set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
         history = _fit_augmented(model, splits, config, settings.epochs, settings.finetune_learning_rate, classes,
-                                 verbose, callbacks)
+                                 verbose, callbacks, phase=len(phases))
         phases.append({"name": "finetune", "history": history})
     if mode != "features":
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
@@ -197,7 +198,7 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, c
 
 
 def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int,
-                   learning_rate: float, classes: int, verbose: int, callbacks: list) -> dict:
+                   learning_rate: float, classes: int, verbose: int, callbacks: list, phase: int) -> dict:
     """Fit the whole classifier on augmented training images, validating on plain ones.
 
     With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier
@@ -206,17 +207,17 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
     """
     train, val = splits["train"], splits["val"]
     labels = targets(train.labels, classes)
+    seed = config.data.seed + phase  # each phase its own order and augmentations
     if config.train.augment_on == "device":
         inputs = keras.Input(shape=model.input_shape[1:], name="image")
-        augment = RandomAffine.from_augment_config(config.augment, seed=config.data.seed)
+        augment = RandomAffine.from_augment_config(config.augment, seed=seed)
         trainer = keras.Model(inputs, model(augment(inputs)), name="trainer")
         # Reading a batch is a memory copy: a few threads read ahead so the device never waits.
-        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=config.data.seed,
+        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=seed,
                           workers=min(PREFETCH_THREADS, config.data.workers))
     else:
         trainer = model
-        batches = AugmentedBatches(train.images, labels, config.train.batch_size, config.augment,
-                                   seed=config.data.seed)
+        batches = AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed)
     compile_model(trainer, classes, config.train.optimizer, learning_rate)
     validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
     fitted = trainer.fit(batches, epochs=epochs, validation_data=validation, callbacks=_callbacks(config, callbacks),
