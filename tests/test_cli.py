@@ -103,3 +103,14 @@ def test_predict_on_missing_file_with_a_run(tmp_path, data):
     assert mixed.exit_code == 0
     assert [row["path"] for row in json.loads(mixed.stdout)] == [str(tmp_path / "ok.jpg")]
     assert "skipped" in mixed.stderr and "bad.jpg" in mixed.stderr
+
+
+def test_predict_with_no_readable_image_is_an_error(tmp_path, data):
+    assert invoke("train", data, "--epochs", "1", *FAST, "--run-dir", tmp_path / "run").exit_code == 0
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"")
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["predict", str(tmp_path / "junk"), "--run", str(tmp_path / "run"), *extra])
+        assert result.exit_code == 1 and result.stdout == ""
+        assert "none of the 2 file(s) given is a readable image" in result.stderr

@@ -101,3 +101,20 @@ def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
     assert [len(rows) for _, rows in chunks] == [3, 3, 2]  # the middle chunk spans both sources
     pairs = {row: float(image[0]) for images, rows in chunks for row, image in zip(rows, images)}
     assert pairs == {7: 0, 6: 1, 5: 2, 4: 3, 3: 4, 0: 10, 1: 11, 2: 12}
+
+
+def test_a_truncated_cache_is_built_again(tmp_path, config):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    first = extract(data, config, verbose=0)
+    expected = first.split("train")[0]
+    images = next((tmp_path / "cache" / "images").glob("*/images.npy"))
+    for damaged in (first.path / "features.npy", images):
+        with open(damaged, "r+b") as handle:
+            handle.truncate(handle.seek(0, 2) // 2)
+    again = extract(data, config, verbose=0)
+    assert not again.reused  # the damaged feature table was not loaded
+    np.testing.assert_array_equal(again.split("train")[0], expected)
+    from tlkit.data import load_split
+
+    split = load_split(again.index, "train", config.data)  # the damaged decoded split was rebuilt too
+    assert len(split.images) == len(split.files) == 6

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("tlkit")
 
 #: The file a finished cache folder always holds (its recipe); written last.
 MANIFEST = "manifest.json"
@@ -47,9 +50,22 @@ def cache_folder(cache_dir: str | Path, kind: str, recipe: dict) -> Path:
     return Path(cache_dir).expanduser() / kind / key
 
 
-def is_built(folder: Path) -> bool:
-    """True when ``folder`` is a finished cache."""
-    return (folder / MANIFEST).is_file()
+def is_built(folder: Path, arrays: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` is a finished cache whose ``.npy`` ``arrays`` are whole.
+
+    A finished folder with a truncated or unreadable array (a disk filled up, a copy cut short)
+    is removed, so that it is built again.
+    """
+    if not (folder / MANIFEST).is_file():
+        return False
+    for name in arrays:
+        try:
+            np.load(folder / name, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            log.warning("cache %s is damaged (%s: %s); building it again", folder, name, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            return False
+    return True
 
 
 @contextmanager

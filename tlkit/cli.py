@@ -177,11 +177,9 @@ def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bo
 
     predictions = iter_predictions(list(paths), run_dir, top_k)  # bad paths and runs fail here, before output
     first = True
-    if as_json:
-        click.echo("[", nl=False)
-    for prediction in predictions:
+    for prediction in predictions:  # printed as they come: an interrupted run keeps what it printed
         if as_json:
-            click.echo(("\n" if first else ",\n") + json.dumps(prediction.to_dict(), ensure_ascii=False), nl=False)
+            click.echo(("[\n" if first else ",\n") + json.dumps(prediction.to_dict(), ensure_ascii=False), nl=False)
         else:
             ranked = ", ".join(f"{label} {p:.4f}" for label, p in prediction.top_k)
             click.echo(f"{prediction.path}: {ranked}")

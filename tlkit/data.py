@@ -274,7 +274,7 @@ def load_split(index: DatasetIndex, split: str, config: DataConfig, progress: bo
     recipe = {"version": IMAGE_CACHE_VERSION, "root": str(index.root.resolve()),
               "files": file_records(files, index.root), "image_size": config.image_size}
     folder = cache_folder(config.cache_dir, "images", recipe)
-    if is_built(folder):
+    if is_built(folder, (IMAGES_FILE,)):
         log.info("decoded %s images up to date, reusing %s", split, folder)
     else:
         log.info("decoding the %d images of the %s split into %s", len(files), split, folder)

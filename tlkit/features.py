@@ -32,6 +32,8 @@ from tlkit.runs import read_json, write_json
 log = logging.getLogger("tlkit")
 
 CACHE_VERSION = 3
+#: The feature table in a feature-cache folder: one row per file of the dataset.
+FEATURES_FILE = "features.npy"
 #: Images pushed through the base per chunk while extracting (memory stays bounded by it).
 CHUNK_IMAGES = 1024
 #: Batch size of feature extraction: inference only, so larger than training's.
@@ -56,7 +58,7 @@ class FeatureSet:
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         """``(features, labels, files)`` of one split, undecodable files left out."""
-        table = np.load(self.path / "features.npy", mmap_mode="r", allow_pickle=False)
+        table = np.load(self.path / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
         recipe = read_json(self.path / MANIFEST)
         row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
         pairs = [(row_of[relative_name(p, self.index.root)], label, p)
@@ -98,7 +100,7 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
     recipe = manifest(index, config)
     folder = cache_folder(config.data.cache_dir, "features", recipe)
-    reused = is_built(folder)
+    reused = is_built(folder, (FEATURES_FILE,))
     if reused:
         log.info("feature cache up to date, reusing %s", folder)
     else:
@@ -119,7 +121,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     skipped: dict[str, str] = {}
     with building(folder) as staging, ExitStack() as files:
-        table = files.enter_context(RowFile(staging / "features.npy", (len(row_of), *extractor.output_shape[1:])))
+        table = files.enter_context(RowFile(staging / FEATURES_FILE, (len(row_of), *extractor.output_shape[1:])))
         sources = []  # per split: its decoded images (read, not mapped: memory stays flat) and their table rows
         for name in index.files:
             split = load_split(index, name, config.data, progress=bool(verbose))

@@ -60,7 +60,8 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
     with a warning naming them.
 
     Raises:
-        TlkitError: On a missing path, no files, a bad run, or ``top_k < 1``.
+        TlkitError: On a missing path, no files, a bad run, or ``top_k < 1`` (at the call), or
+            when no file at all is a readable image (once the files are used up).
     """
     if top_k < 1:
         raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
@@ -69,11 +70,15 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
     k = min(top_k, len(run.class_names))
 
     def predictions() -> Iterator[Prediction]:
+        count = 0
         for readable, probabilities in iter_probabilities(run, files, batch_size):
             for path, probs in zip(readable, probabilities):
                 order = np.argsort(-probs, kind="stable")[:k]
                 ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
+                count += 1
                 yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
+        if count == 0:
+            raise TlkitError(f"none of the {len(files)} file(s) given is a readable image")
 
     return predictions()
 
