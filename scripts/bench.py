@@ -15,6 +15,10 @@ Extraction runs at tlkit's extraction batch size (128) on both sides; training a
 - ``frozen_epoch``: one epoch of training with the base frozen and the classic augmentation.
 - ``finetune_epoch``: one epoch with ``block5_conv1`` and up unfrozen.
 
+The ``predict`` stage (tlkit only) runs ``tlkit predict`` in a fresh process over each of
+``--predict-images`` JPEGs and reports its images/s and peak resident memory: streaming in
+batches, memory must not grow with the count.
+
 Training epochs are timed from the first to the last training batch of the second epoch, so
 compilation and validation are left out on both sides. The dataset is made here: realistic
 500x375 JPEGs, synthesised, or cut from the photos of ``--source`` (any folder of images).
@@ -35,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +116,38 @@ def _synthesise(rng: np.random.Generator, label: int) -> Image.Image:
     image = image.filter(ImageFilter.GaussianBlur(1.5))
     noisy = np.asarray(image, np.float32) + rng.normal(0, 6, (h, w, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def make_images(folder: Path, count: int, seed: int = 1) -> list[Path]:
+    """``count`` synthesised 500x375 JPEGs in sub-folders of 1,000; returns the sub-folders."""
+    parts = [folder / f"part-{i:03d}" for i in range(-(-count // 1000))]
+
+    def write(i: int) -> None:
+        path = parts[i // 1000] / f"{i:06d}.jpg"
+        if not path.exists():
+            _synthesise(np.random.default_rng([seed, i]), i % 2).save(path, quality=90)
+
+    for part in parts:
+        part.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(write, range(count)))
+    return parts
+
+
+def predict_in_process(paths: list[Path], run: Path, out: Path) -> dict:
+    """Run ``tlkit predict`` on ``paths`` in a new process; its images/s and peak resident memory."""
+    start = time.perf_counter()
+    with open(out, "w") as stdout:
+        process = subprocess.Popen([sys.executable, "-c", "from tlkit.cli import main; main()", "predict",
+                                    *map(str, paths), "--run", str(run), "--quiet"],
+                                   stdout=stdout, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    printed = sum(1 for _ in open(out))
+    if status != 0:
+        raise SystemExit(f"tlkit predict failed (status {status})")
+    return {"images": printed, "seconds": round(seconds, 1), "images_per_s": round(printed / seconds, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}  # ru_maxrss is in KiB on Linux
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -203,6 +240,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
     parser.add_argument("--precision", default="float32", choices=tlkit.config.PRECISIONS,
                         help="tlkit's compute precision (the classic recipe is float32)")
+    parser.add_argument("--predict-images", default="1000,10000",
+                        help="predict stage: image counts, each predicted by a fresh process")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tlkit-bench-"))
@@ -236,11 +275,22 @@ def main() -> None:
         record("finetune_epoch", classic_epoch(train, size, batch, args.weights, "block5_conv1"),
                tlkit_epoch(data, config, runs, "finetune", from_run=runs / "frozen"))
 
+    predictions = []
+    if "predict" in stages:
+        counts = [int(n) for n in args.predict_images.split(",")]
+        print(f"making {max(counts)} JPEGs to predict", flush=True)
+        parts = make_images(work / "predict", max(counts))
+        settings = config.replace(train={"mode": "features", "epochs": 1})
+        run = tlkit.train(data, settings, run_dir=runs / "predict-run", verbose=0).run_dir
+        for count in counts:
+            predictions.append(predict_in_process(parts[:-(-count // 1000)], run, work / f"predict-{count}.txt"))
+            print(f"  predict {predictions[-1]}", flush=True)
+
     report = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
         "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
         "tlkit_precision": args.precision,
-        "results": results,
+        "results": results, "predict": predictions,
     }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -1,8 +1,10 @@
 import os
 
 import numpy as np
+import pytest
 
 import tlkit
+from tlkit.data import load_split
 from tlkit.features import extract
 
 from conftest import make_dataset
@@ -103,18 +105,30 @@ def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
     assert pairs == {7: 0, 6: 1, 5: 2, 4: 3, 3: 4, 0: 10, 1: 11, 2: 12}
 
 
-def test_a_truncated_cache_is_built_again(tmp_path, config):
+CACHE_DAMAGE = [*((kind, name, "truncated") for kind, names in (
+    ("features", ("features.npy", "skipped.json", "manifest.json", "checksums.json")),
+    ("images", ("images.npy", "kept.json", "skipped.json", "manifest.json", "checksums.json"))) for name in names),
+    ("features", "features.npy", "altered"), ("images", "images.npy", "altered")]
+
+
+@pytest.mark.parametrize("kind, name, how", CACHE_DAMAGE)
+def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, config, kind, name, how, caplog):
     data = make_dataset(tmp_path / "d", per_class=4)
     first = extract(data, config, verbose=0)
-    expected = first.split("train")[0]
-    images = next((tmp_path / "cache" / "images").glob("*/images.npy"))
-    for damaged in (first.path / "features.npy", images):
-        with open(damaged, "r+b") as handle:
-            handle.truncate(handle.seek(0, 2) // 2)
-    again = extract(data, config, verbose=0)
-    assert not again.reused  # the damaged feature table was not loaded
-    np.testing.assert_array_equal(again.split("train")[0], expected)
-    from tlkit.data import load_split
-
-    split = load_split(again.index, "train", config.data)  # the damaged decoded split was rebuilt too
-    assert len(split.images) == len(split.files) == 6
+    features = first.split("train")[0]
+    split = load_split(first.index, "train", config.data)
+    images = np.array(split.images)
+    damaged = (first.path if kind == "features" else split.cache) / name
+    content = bytearray(damaged.read_bytes())
+    if how == "truncated":
+        content = content[:len(content) // 2]
+    else:  # same size, one byte changed: only the checksum can tell
+        content[len(content) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(content))
+    if kind == "features":
+        again = extract(data, config, verbose=0)
+        assert not again.reused  # the damaged cache was not loaded
+        np.testing.assert_array_equal(again.split("train")[0], features)
+    else:
+        np.testing.assert_array_equal(load_split(first.index, "train", config.data).images, images)
+    assert f"is damaged ({name}" in caplog.text or "checksums.json is missing or damaged" in caplog.text

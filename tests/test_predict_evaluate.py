@@ -1,5 +1,8 @@
+import importlib
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +46,40 @@ def test_predictions_match_the_model_and_skip_bad_files(tmp_path, trained):
     assert prediction.label == run.class_names[int(np.argmax(probs))]
     assert prediction.probability == pytest.approx(probs.max(), abs=1e-6)
     assert len(prediction.top_k) == 2
+
+
+def test_predictions_stream_a_batch_at_a_time(trained, monkeypatch):
+    """Each batch is decoded only when its predictions are asked for: memory holds one batch, not the list."""
+    data, run_dir = trained
+    decoded = []
+    module = importlib.import_module("tlkit.predict")  # (tlkit.predict is the function)
+    real = module.decode_images
+    monkeypatch.setattr(module, "decode_images", lambda paths, *a: decoded.append(len(paths)) or real(paths, *a))
+    stream = module.iter_predictions([data], run=run_dir, batch_size=5)  # 18 images
+    first = next(stream)
+    assert decoded == [5] and first.path.endswith(".jpg")
+    assert len([first, *stream]) == 18 and decoded == [5, 5, 5, 3]
+
+
+def test_cli_predictions_are_written_as_they_come(trained, tmp_path):
+    """An interrupted ``tlkit predict`` keeps every line it printed: output is flushed per prediction."""
+    data, run_dir = trained
+    script = ("import importlib, sys; from tlkit.cli import main\n"
+              "p = importlib.import_module('tlkit.predict')\n"
+              "real = p.iter_probabilities\n"
+              "def dying(*a, **k):\n"
+              "    for n, item in enumerate(real(*a, **k)):\n"
+              "        if n == 2: import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+              "        yield item\n"
+              "p.iter_probabilities = dying\n"
+              "main(['predict', sys.argv[1], '--run', sys.argv[2], '--batch-size', '4', '--quiet'])\n")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as stdout:  # a file, not a terminal: Python would buffer it unless flushed
+        code = subprocess.run([sys.executable, "-c", script, str(data), str(run_dir)], stdout=stdout,
+                              stderr=subprocess.DEVNULL, timeout=300).returncode
+    assert code == -9  # killed while predicting the third batch of 4
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8 and all(line.startswith(str(data)) for line in lines), lines
 
 
 def test_latest_run_is_used_when_none_is_given(tmp_path, config, caplog):
@@ -101,16 +138,3 @@ def test_evaluate_refuses_unknown_classes_and_splits(tmp_path, trained):
         tlkit.evaluate(other, run=run)
     with pytest.raises(tlkit.TlkitError, match="no val split|no test split"):
         tlkit.evaluate(make_dataset(tmp_path / "s", per_class=2, splits=["train", "val"]), run=run, split="test")
-
-
-def test_load_run_refuses_broken_folders(tmp_path, trained):
-    _, run = trained
-    with pytest.raises(tlkit.TlkitError, match="run folder not found"):
-        tlkit.load_run(tmp_path / "nowhere")
-    with pytest.raises(tlkit.TlkitError, match="not a tlkit run folder"):
-        tlkit.load_run(tmp_path / "d")
-    record = json.loads((run / "config.json").read_text())
-    record["provenance"]["run_format"] = 99
-    (run / "config.json").write_text(json.dumps(record))
-    with pytest.raises(tlkit.TlkitError, match="format 99"):
-        tlkit.load_run(run)

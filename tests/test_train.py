@@ -21,8 +21,8 @@ def test_features_mode_writes_a_whole_run(tmp_path, config):
     data = make_dataset(tmp_path / "d", ("blue", "green", "red"), per_class=6)
     result = tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == [
-        "classes.json", "config.json", "curves.png", "history.json", "metrics.json", "model.keras"]
+    assert sorted(p.name for p in run.iterdir()) == [  # the checkpoint is gone once the run is whole
+        "checksums.json", "classes.json", "config.json", "curves.png", "history.json", "metrics.json", "model.keras"]
     assert json.loads((run / "classes.json").read_text()) == ["blue", "green", "red"]
     assert result.class_names == ("blue", "green", "red") and result.run_dir == run
     history = json.loads((run / "history.json").read_text())
@@ -61,7 +61,8 @@ def test_frozen_mode_trains_the_head_only(tmp_path, config):
         for trained, initial in zip(_weights(result.model, layer), reference.get_layer(layer).get_weights()):
             np.testing.assert_array_equal(trained, initial)
     keras.utils.set_random_seed(config.data.seed)
-    untrained = tlkit.model.build_head(reference.output_shape[1:], 2, config.train)  # the head's initial weights
+    # the head's initial weights
+    untrained = tlkit.model.build_head(reference.output_shape[1:], 2, config.train, config.data.seed)
     hidden = result.model.get_layer("head").get_layer("hidden").get_weights()[0]
     assert not np.array_equal(hidden, untrained.get_layer("hidden").get_weights()[0])
     history = result.history[0]

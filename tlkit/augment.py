@@ -87,11 +87,13 @@ class AugmentedBatches(Batches):
         batch_size: Images per batch.
         config: Augmentation ranges.
         seed: Seed of the shuffling and of the transforms.
+        epoch: The epoch the first batches belong to (a resumed run starts past 0).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int) -> None:
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed)  # one worker: one random stream
+                 seed: int, epoch: int = 0) -> None:
+        # one worker: each epoch's transforms come from one random stream, drawn in batch order
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch)
         self.config = config
 
     def __getitem__(self, index: int):

@@ -3,7 +3,8 @@
 A cache folder's name is a hash of its *recipe*: a JSON-able record of every input
 (files with their sizes and mtimes, image size, weights...). The same recipe finds
 the same folder; any change finds a new one. A folder is built under a temporary
-name and renamed into place whole, so a half-built cache is never found.
+name and renamed into place whole, so a half-built cache is never found, and it lists
+its files' sizes and CRC-32s, so a cache damaged later is rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.files import damage, write_checksums
+
 log = logging.getLogger("tlkit")
 
-#: The file a finished cache folder always holds (its recipe); written last.
+#: The file a finished cache folder always holds (its recipe).
 MANIFEST = "manifest.json"
+#: Caches are checked for damage, not tampering: CRC-32 reads at memory speed.
+CACHE_CHECKSUM = "crc32"
 
 
 def file_records(files: list[Path], root: Path) -> list[list]:
@@ -50,21 +55,19 @@ def cache_folder(cache_dir: str | Path, kind: str, recipe: dict) -> Path:
     return Path(cache_dir).expanduser() / kind / key
 
 
-def is_built(folder: Path, arrays: tuple[str, ...] = ()) -> bool:
-    """True when ``folder`` is a finished cache whose ``.npy`` ``arrays`` are whole.
+def is_built(folder: Path) -> bool:
+    """True when ``folder`` is a finished cache whose files all match their checksums.
 
-    A finished folder with a truncated or unreadable array (a disk filled up, a copy cut short)
-    is removed, so that it is built again.
+    A finished folder with a truncated, altered or missing file (a disk filled up, a copy cut
+    short, a stray edit) is removed, so that it is built again instead of being trusted.
     """
     if not (folder / MANIFEST).is_file():
         return False
-    for name in arrays:
-        try:
-            np.load(folder / name, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            log.warning("cache %s is damaged (%s: %s); building it again", folder, name, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            return False
+    problem = damage(folder)
+    if problem is not None:
+        log.warning("cache %s is damaged (%s); building it again", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
     return True
 
 
@@ -75,6 +78,7 @@ def building(folder: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         yield staging
+        write_checksums(staging, CACHE_CHECKSUM)
         if not is_built(folder):  # another process may have finished the same cache first: keep theirs
             shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder of the same recipe
             try:
@@ -91,7 +95,7 @@ class RowFile:
 
     Unlike a memory map, rows pass through the page cache without staying in the process's
     resident memory, so building or streaming a cache of any size keeps memory flat. The file
-    is an ordinary ``.npy`` (``np.load(path, mmap_mode="r")`` reads it back).
+    is an ordinary ``.npy`` (``np.load(path, mmap_mode="r", allow_pickle=False)`` reads it back).
     """
 
     def __init__(self, path: str | Path, shape: tuple[int, ...] | None = None, dtype="float32") -> None:

@@ -57,14 +57,23 @@ CHOICES = {"mode": cfg.MODES, "optimizer": cfg.OPTIMIZERS, "pooling": cfg.POOLIN
 EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision")
 
 
+class OneLineUsageError(click.ClickException):
+    """A bad option or argument, said in one line (click's usage text would add several); exit code 2."""
+
+    exit_code = 2
+
+
 class TlkitGroup(click.Group):
-    """A click group that turns tlkit's input errors into a one-line ``Error:`` and exit code 1."""
+    """A click group whose errors are one ``Error:`` line: exit code 1 for tlkit's, 2 for bad usage."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} -h)" if exc.ctx is not None else ""
+            raise OneLineUsageError(" ".join(exc.format_message().split()) + where) from None
         except TlkitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(" ".join(str(exc).split())) from None  # one line, whatever it quotes
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
@@ -96,9 +105,9 @@ def config_options(names: tuple[str, ...] | None = None):
     return decorate
 
 
-def build_config(config_file: str | None, options: dict) -> cfg.Config:
-    """Defaults, then the config file, then the flags that were given."""
-    base = cfg.load_config(config_file) if config_file else cfg.Config()
+def build_config(config_file: str | None, options: dict, base: cfg.Config | None = None) -> cfg.Config:
+    """Defaults (or ``base``), then the config file, then the flags that were given."""
+    base = cfg.load_config(config_file) if config_file else base or cfg.Config()
     sections: dict[str, dict] = {}
     for name, section in cfg.SECTIONS.items():
         given = {f.name: options[f.name] for f in dataclasses.fields(section) if options.get(f.name) is not None}
@@ -148,15 +157,23 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
 @config_file_option
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Folder of the new run [default: runs/<time>-<mode>].")
 @click.option("--from", "from_run", type=click.Path(), help="finetune: start from this run's model.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --run-dir (default: the latest under runs/) after its last "
+                   "finished epoch; with nothing to resume there, start it.")
 @quiet_option
-def train(data: str, config_file: str | None, run_dir: str | None, from_run: str | None, quiet: bool,
-          **options) -> None:
-    """Train a classifier on DATA and save the run."""
+def train(data: str, config_file: str | None, run_dir: str | None, from_run: str | None, resume: bool,
+          quiet: bool, **options) -> None:
+    """Train a classifier on DATA and save the run (every epoch is checkpointed: see --resume)."""
     _setup_logging(quiet)
+    from tlkit.resume import find_interrupted_run, saved_config
     from tlkit.train import train as train_model
 
-    result = train_model(data, build_config(config_file, options), run_dir=run_dir, from_run=from_run,
-                         verbose=0 if quiet else 1)
+    saved = None
+    if resume:
+        run_dir = run_dir or str(find_interrupted_run())
+        saved = saved_config(run_dir)  # the run's own settings; flags given now must agree with them
+    result = train_model(data, build_config(config_file, options, saved), run_dir=run_dir, from_run=from_run,
+                         verbose=0 if quiet else 1, resume=resume)
     metrics = result.metrics
     click.echo(f"run: {result.run_dir}")
     click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
@@ -169,13 +186,17 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 @click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=cfg.PREDICT_BATCH, show_default=True,
+              help="Images decoded and predicted at a time (memory does not grow with the number of images).")
 @quiet_option
-def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, quiet: bool) -> None:
-    """Predict the class of each image in PATHS (files or folders)."""
+def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int,
+            quiet: bool) -> None:
+    """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
     _setup_logging(quiet)
     from tlkit.predict import iter_predictions
 
-    predictions = iter_predictions(list(paths), run_dir, top_k)  # bad paths and runs fail here, before output
+    # bad paths and runs fail here, before any output
+    predictions = iter_predictions(list(paths), run_dir, top_k, batch_size)
     first = True
     for prediction in predictions:  # printed as they come: an interrupted run keeps what it printed
         if as_json:
@@ -211,3 +232,7 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
     for name, row in report["per_class"].items():
         click.echo(f"{name:<{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
                    f"{row['support']:8d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 HEAD_LEARNING_RATE = 1e-3
 #: Learning rate once the top of the base is unfrozen (finetune).
 FINETUNE_LEARNING_RATE = 1e-5
+#: Images decoded and predicted at a time by ``tlkit predict`` and ``tlkit evaluate``.
+PREDICT_BATCH = 64
 #: Where ``tlkit train`` puts run folders when ``--run-dir`` is not given.
 DEFAULT_RUNS_DIR = "runs"
 #: Environment variable that replaces the default ``weights="imagenet"``.

@@ -4,20 +4,27 @@ The data path, top to bottom:
 
 1. :func:`scan` lists every file under each class folder of each split folder
    (``train/``, ``validation/`` or ``val/``, ``test/``), or of a plain folder of
-   class folders, which it then splits stratified by class with a seed.
+   class folders, which it then splits stratified by class with a seed. Hidden
+   entries are ignored (and said so); broken or looping symlinks are skipped and named.
 2. :func:`decode_images` decodes files in parallel threads into one uint8 array
    (EXIF rotation applied, any mode converted to RGB, resized); files that cannot
-   be decoded are skipped and named.
+   be decoded, or are above Pillow's decompression-bomb limit, are skipped and named.
 3. :func:`load_split` gives one split's decoded images from the decoded-image cache
    (a memory-mapped uint8 array, built on first use) as a :class:`Split`.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import re
+import stat
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -27,7 +34,7 @@ from PIL import Image, ImageOps
 from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import DataConfig
 from tlkit.errors import TlkitError
-from tlkit.runs import read_json, write_json
+from tlkit.files import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
@@ -40,6 +47,10 @@ DECODE_CHUNK = 256
 IMAGES_FILE = "images.npy"
 #: Folder names accepted for each split of a pre-split dataset.
 SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+#: Pillow modes of 16-bit samples (16-bit PNG and TIFF open as ``I;16``, 16-bit PGM as ``I``): 0-65535.
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+#: Names listed in one log line at most; the rest are counted.
+LISTED_NAMES = 10
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class DatasetIndex:
         files: Per split, the image paths (sorted within each class).
         labels: Per split, an int array of labels aligned with ``files``.
         presplit: True when the folder brought its own train/validation split.
+        skipped: ``{path: reason}`` for entries rejected while scanning (broken or looping
+            symlinks, folders that cannot be listed, special files); they are in no split.
     """
 
     root: Path
@@ -59,6 +72,7 @@ class DatasetIndex:
     files: dict[str, list[Path]]
     labels: dict[str, np.ndarray]
     presplit: bool
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Number of files in each split."""
@@ -91,42 +105,55 @@ def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
     fractions go to validation / test, so every class is represented in every split
     and the same files give the same split each time.
 
+    Hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``...) are ignored, listed in one
+    INFO line; broken symlinks, symlink loops, folders that cannot be listed and special
+    files are skipped with a warning naming each, and recorded in ``DatasetIndex.skipped``.
+
     Raises:
-        TlkitError: If the folder is missing, holds no class folders, or its splits'
-            classes differ.
+        TlkitError: If the folder is missing, holds no class folders or an empty one, or its
+            splits' classes differ.
     """
     root = Path(root)
     if not root.exists():
         raise TlkitError(f"dataset folder not found: {root}")
     if not root.is_dir():
-        raise TlkitError(f"dataset path is not a folder: {root}")
-    split_dirs = _find_split_dirs(root)
-    if split_dirs:
-        if "train" not in split_dirs or "val" not in split_dirs:
-            raise TlkitError(
-                f"{root} has {', '.join(d.name for d in split_dirs.values())}/ but a split dataset needs "
-                "both train/ and validation/ (or val/)"
-            )
-        by_split = {split: _class_files(folder) for split, folder in split_dirs.items()}
-        class_names = tuple(sorted(by_split["train"]))
-        for split, classes in by_split.items():
-            if set(classes) != set(class_names):
-                raise TlkitError(
-                    f"classes of {split_dirs[split].name}/ ({', '.join(sorted(classes))}) differ from "
-                    f"train/ ({', '.join(class_names)})"
-                )
-        presplit = True
-    else:
-        by_class = _class_files(root)
-        class_names = tuple(sorted(by_class))
-        by_split = _stratified_split(by_class, config)
-        presplit = False
+        raise TlkitError(f"dataset path is not a folder: {root}; give the folder that holds the class folders")
+    walk = _Walk(root)
+    try:
+        class_names, by_split, presplit = _classes_by_split(root, walk, config)
+    finally:
+        walk.log_hidden()
     files, labels = {}, {}
     for split, classes in by_split.items():
         pairs = [(path, class_names.index(name)) for name in class_names for path in classes[name]]
         files[split] = [path for path, _ in pairs]
         labels[split] = np.array([label for _, label in pairs], dtype=np.int32)
-    return DatasetIndex(root, class_names, files, labels, presplit)
+    return DatasetIndex(root, class_names, files, labels, presplit, walk.skipped)
+
+
+def _classes_by_split(root: Path, walk: _Walk, config: DataConfig
+                      ) -> tuple[tuple[str, ...], dict[str, dict[str, list[Path]]], bool]:
+    """``(class names, split -> class -> files, presplit)``: the folder's own split, or one drawn here."""
+    split_dirs = _find_split_dirs(root)
+    if not split_dirs:
+        by_class = _class_files(root, walk)
+        return tuple(sorted(by_class)), _stratified_split(by_class, config), False
+    if "train" not in split_dirs or "val" not in split_dirs:
+        raise TlkitError(
+            f"{root} has {', '.join(d.name for d in split_dirs.values())}/ but a split dataset needs "
+            "both train/ and validation/ (or val/)"
+        )
+    for folder in split_dirs.values():  # entered first: a symlink into one ends there
+        walk.enter(folder)
+    by_split = {split: _class_files(folder, walk) for split, folder in split_dirs.items()}
+    class_names = tuple(sorted(by_split["train"]))
+    for split, classes in by_split.items():
+        if set(classes) != set(class_names):
+            raise TlkitError(
+                f"classes of {split_dirs[split].name}/ ({', '.join(sorted(classes))}) differ from "
+                f"train/ ({', '.join(class_names)}); every split needs the same class folders"
+            )
+    return class_names, by_split, True
 
 
 def _find_split_dirs(root: Path) -> dict[str, Path]:
@@ -139,23 +166,113 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
+def _class_files(folder: Path, walk: _Walk) -> dict[str, list[Path]]:
     """Class name -> sorted files under it (recursively), for each sub-folder of ``folder``."""
-    classes = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not _hidden(entry.relative_to(folder)):
-            classes[entry.name] = sorted(p for p in entry.rglob("*") if p.is_file() and not _hidden(p.relative_to(entry)))
+    # Every class folder is entered before any is walked, so that no symlink leads one class into another.
+    subfolders = [path for path, info in walk.entries(folder) if stat.S_ISDIR(info.st_mode) and walk.enter(path, info)]
+    classes = {path.name: walk.files(path) for path in subfolders}
     if not classes:
         raise TlkitError(f"no class sub-folders in {folder}; expected one folder of images per class")
     empty = [name for name, paths in classes.items() if not paths]
     if empty:
-        raise TlkitError(f"class folder(s) with no files in {folder}: {', '.join(empty)}")
+        raise TlkitError(f"class folder(s) with no files in {folder}: {', '.join(empty)}; "
+                         "add images to them or remove them")
     return classes
 
 
-def _hidden(relative: Path) -> bool:
-    """True for a dot-file or anything inside a dot-folder (.DS_Store, .ipynb_checkpoints/...)."""
-    return any(part.startswith(".") for part in relative.parts)
+class _Walk:
+    """Lists the files under a folder, recursively, keeping a record of what it leaves out.
+
+    Hidden entries (a dot-file, a dot-folder and all inside it) are ignored and noted in
+    ``hidden``. Broken symlinks, symlink loops (a symlink to itself, or to a folder it is
+    inside), folders that cannot be listed and special files (FIFOs, sockets, devices) are
+    skipped, with a warning, into ``skipped``. Symlinks to other folders are followed, but
+    each real folder is entered once: a second way into one is skipped too.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.skipped: dict[str, str] = {}
+        self.hidden: list[Path] = []
+        self.entered: set[tuple[int, int]] = set()
+        self.enter(root)
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped[str(path)] = reason
+        log.warning("skipped %s (%s)", path, reason)
+
+    def enter(self, folder: Path, info: os.stat_result | None = None) -> bool:
+        """Mark ``folder`` entered; False, and skipped, when it already was (reached again through a symlink)."""
+        info = folder.stat() if info is None else info
+        if (info.st_dev, info.st_ino) in self.entered:
+            self.skip(folder, f"reached again through a symlink: {os.path.realpath(folder)} is already scanned")
+            return False
+        self.entered.add((info.st_dev, info.st_ino))
+        return True
+
+    def entries(self, folder: Path) -> list[tuple[Path, os.stat_result]]:
+        """The visible entries of ``folder`` with their status (symlinks followed), sorted by name."""
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            self.skip(folder, f"cannot list the folder: {exc.strerror}")
+            return []
+        found = []
+        for name in names:
+            path = folder / name
+            if name.startswith("."):
+                self.hidden.append(path)
+                continue
+            try:
+                info = path.stat()
+            except OSError as exc:
+                self.skip(path, _unreachable(path, exc))
+                continue
+            if stat.S_ISDIR(info.st_mode) and _leads_back(path, folder):
+                self.skip(path, f"symlink loop: leads back to {os.path.realpath(path)}, a folder it is inside")
+                continue
+            found.append((path, info))
+        return found
+
+    def files(self, folder: Path) -> list[Path]:
+        """Every file under ``folder``, recursively, sorted."""
+        found = []
+        for path, info in self.entries(folder):
+            if stat.S_ISDIR(info.st_mode):
+                if self.enter(path, info):
+                    found.extend(self.files(path))
+            elif stat.S_ISREG(info.st_mode):
+                found.append(path)
+            else:
+                self.skip(path, "not a regular file (a FIFO, socket or device)")
+        return sorted(found)
+
+    def log_hidden(self) -> None:
+        """One INFO line naming the hidden entries ignored, so that nothing is left out silently."""
+        if self.hidden:
+            names = [path.relative_to(self.root).as_posix() for path in self.hidden]
+            log.info("ignored %d hidden file(s)/folder(s) in %s: %s", len(names), self.root, _listing(names))
+
+
+def _leads_back(path: Path, folder: Path) -> bool:
+    """True when ``path``, in ``folder``, resolves to ``folder`` or a folder holding it: a symlink loop."""
+    target = os.path.realpath(path)
+    return os.path.commonpath([target, os.path.realpath(folder)]) == target
+
+
+def _unreachable(path: Path, exc: OSError) -> str:
+    """Why ``path``, listed in its folder, cannot be followed (usually a bad symlink)."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: too many levels of symbolic links"
+    if path.is_symlink() and exc.errno == errno.ENOENT:
+        return f"broken symlink: its target {os.readlink(path)} does not exist"
+    return f"cannot read: {exc.strerror}"
+
+
+def _listing(names: list[str]) -> str:
+    """The first :data:`LISTED_NAMES` names, then how many more."""
+    shown = ", ".join(names[:LISTED_NAMES])
+    return shown if len(names) <= LISTED_NAMES else f"{shown} and {len(names) - LISTED_NAMES} more"
 
 
 def _stratified_split(by_class: dict[str, list[Path]], config: DataConfig) -> dict[str, dict[str, list[Path]]]:
@@ -190,18 +307,30 @@ def _share(count: int, fraction: float) -> int:
     return 0 if fraction == 0 else max(1, round(count * fraction))
 
 
+class ImageTooLarge(OSError):
+    """An image above Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), refused undecoded."""
+
+
+#: Held around ``Image.open``: silencing Pillow's decompression-bomb warning there sets a process-wide
+#: warnings filter, which decoding threads must not set and restore over one another.
+_OPEN_LOCK = threading.Lock()
+
+
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
     """Decode one image file to a ``(image_size, image_size, 3)`` uint8 RGB array.
 
     EXIF orientation is applied; palette, grayscale, RGBA, CMYK and 16-bit images are
-    converted to 8-bit RGB (transparent areas become white); animated images give
-    their first frame. The image is resized to the square, as Keras's
-    ``flow_from_directory`` does, without keeping the aspect ratio.
+    converted to 8-bit RGB (transparent areas become white; 16-bit samples are scaled
+    from 0-65535 whatever their values); animated images give their first frame. The
+    image is resized to the square, as Keras's ``flow_from_directory`` does, without
+    keeping the aspect ratio.
 
     Raises:
+        ImageTooLarge: If the image has more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``
+            (read at each call); nothing of it is decoded.
         OSError: If the file cannot be read or decoded (PIL's errors included).
     """
-    with Image.open(path) as img:
+    with _open_image(path) as img:
         if img.format == "JPEG":
             img.draft("RGB", (image_size, image_size))  # decode JPEGs at a reduced scale when possible
         img = ImageOps.exif_transpose(img)
@@ -210,11 +339,36 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8)
 
 
+def _open_image(path: str | Path) -> Image.Image:
+    """``Image.open`` (which reads only the header), refusing an image above the pixel limit.
+
+    Pillow warns about an image above ``MAX_IMAGE_PIXELS`` and raises above twice that;
+    both become an :class:`ImageTooLarge` that says so, and no warning is printed.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:  # its message is the only place Pillow gives the size
+            found = re.search(r"(\d+) pixels", str(exc))
+            raise _too_large(found[1] if found else f"more than {2 * limit}", limit) from None
+    if limit is not None and img.width * img.height > limit:
+        img.close()
+        raise _too_large(str(img.width * img.height), limit)
+    return img
+
+
+def _too_large(pixels: str, limit: int) -> ImageTooLarge:
+    return ImageTooLarge(f"image has {pixels} pixels, above the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS), "
+                         "so it was not decoded (a decompression bomb?)")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if values.max() > 255 else 255.0
-        return Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    """Any Pillow mode as 8-bit RGB: 16-bit samples scaled by 255/65535, transparency over white."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -268,23 +422,31 @@ def load_split(index: DatasetIndex, split: str, config: DataConfig, progress: bo
     memory is paged in as it is read. Undecodable files are skipped and named.
 
     Raises:
-        TlkitError: If no image of the split can be decoded.
+        TlkitError: If a class has no image that can be decoded in the train split (a class is
+            never trained on zero images); in another split this is a warning.
     """
     files = index.files[split]
     recipe = {"version": IMAGE_CACHE_VERSION, "root": str(index.root.resolve()),
               "files": file_records(files, index.root), "image_size": config.image_size}
     folder = cache_folder(config.cache_dir, "images", recipe)
-    if is_built(folder, (IMAGES_FILE,)):
+    if is_built(folder):
         log.info("decoded %s images up to date, reusing %s", split, folder)
     else:
         log.info("decoding the %d images of the %s split into %s", len(files), split, folder)
         _build_image_cache(files, index.root, recipe, folder, config, progress)
     kept = read_json(folder / "kept.json")
-    if not kept:
-        raise TlkitError(f"no readable images in the {split} split of {index.root}")
+    labels = index.labels[split][kept]
+    for label, name in enumerate(index.class_names):
+        if label not in labels and label in index.labels[split]:
+            lost = [path.name for path, of in zip(files, index.labels[split]) if of == label]
+            problem = (f"class {name!r} has no readable image in the {split} split of {index.root}: "
+                       f"{_listing(lost)} could not be decoded")
+            if split == "train":  # a class is never trained on zero images
+                raise TlkitError(f"{problem}; replace them, or remove the class folder")
+            log.warning("%s; its %s figures will be missing", problem, split)
     skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
     images = np.load(folder / IMAGES_FILE, mmap_mode="r", allow_pickle=False)
-    return Split(images, index.labels[split][kept], [files[i] for i in kept], skipped, folder)
+    return Split(images, labels, [files[i] for i in kept], skipped, folder)
 
 
 def _build_image_cache(files: list[Path], root: Path, recipe: dict, folder: Path, config: DataConfig,
@@ -328,14 +490,23 @@ class Batches(keras.utils.PyDataset):
         batch_size: Rows per batch.
         shuffle: Visit rows in a new random order every epoch (rows of a batch are read in order).
         seed: Seed of the shuffling.
+        epoch: The epoch the first batches belong to (a resumed run starts past 0).
+
+    Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, so a run
+    resumed at some epoch sees the batches an uninterrupted run would have seen.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, **kwargs) -> None:
+                 seed: int = 0, epoch: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
+        self.images, self.labels, self.batch_size, self.shuffle, self.seed = images, labels, batch_size, shuffle, seed
+        self.begin_epoch(epoch)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Draw ``epoch``'s order (and random stream, ``self.rng``) from the seed and the epoch."""
+        self.epoch = epoch
+        self.rng = np.random.default_rng([self.seed, epoch])
+        self.order = self.rng.permutation(len(self.images)) if self.shuffle else np.arange(len(self.images))
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
@@ -349,12 +520,14 @@ class Batches(keras.utils.PyDataset):
         return self.images[rows], self.labels[rows]
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.images))
+        self.begin_epoch(self.epoch + 1)
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:
     """Expand files and folders (recursively, sorted) into a list of files, for prediction.
+
+    Inside folders, hidden entries are ignored (one INFO line names them) and broken or
+    looping symlinks are skipped with a warning, as :func:`scan` does.
 
     Raises:
         TlkitError: If a path does not exist, or nothing is found at all.
@@ -363,11 +536,13 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))))
+            walk = _Walk(path)
+            found.extend(walk.files(path))
+            walk.log_hidden()
         elif path.is_file():
             found.append(path)
         else:
             raise TlkitError(f"no such file or folder: {path}")
     if not found:
-        raise TlkitError(f"no files found in {', '.join(map(str, paths))}")
+        raise TlkitError(f"no files found in {', '.join(map(str, paths))}; give image files or folders holding some")
     return found

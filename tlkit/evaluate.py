@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.config import PREDICT_BATCH
 from tlkit.data import SPLIT_NAMES, scan
 from tlkit.errors import TlkitError
-from tlkit.predict import PREDICT_BATCH, iter_probabilities, resolve_run
+from tlkit.predict import iter_probabilities, resolve_run
 from tlkit.runs import Run
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras does.
@@ -65,14 +66,15 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         verbose: 0 silent, 1 a progress bar.
 
     Returns:
-        :func:`classification_metrics` plus ``data``, ``split``, ``class_names`` and ``skipped``.
+        :func:`classification_metrics` plus ``data``, ``split``, ``class_names`` and ``skipped`` (the
+        paths left out: entries the scan rejected, and files of the split that could not be decoded).
 
     Raises:
         TlkitError: On a bad folder, run or split, or classes the run does not know.
     """
-    run = resolve_run(run)
     if split is not None and split not in SPLIT_CHOICES:
         raise TlkitError(f"invalid split: {split!r}; expected one of {', '.join(SPLIT_CHOICES)}")
+    run = resolve_run(run)
     explicit = data is not None
     if data is None:
         data = run.data_dir
@@ -98,8 +100,8 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         kept.extend(readable)
         chunks.append(probabilities)
     if not kept:
-        raise TlkitError(f"no readable images in the {split} split of {data}")
+        raise TlkitError(f"no readable images in the {split} split of {data} (each was skipped: see the warnings)")
     report = classification_metrics(np.concatenate(chunks), np.array([label_of[p] for p in kept]),
                                     run.class_names)
-    skipped = sorted(str(p) for p in set(files) - set(kept))
+    skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
     return {"data": str(data), "split": split, "class_names": list(run.class_names), **report, "skipped": skipped}

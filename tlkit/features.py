@@ -27,7 +27,7 @@ from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records,
 from tlkit.config import Config
 from tlkit.data import IMAGES_FILE, DatasetIndex, load_split, scan
 from tlkit.model import precision_policy
-from tlkit.runs import read_json, write_json
+from tlkit.files import read_json, write_json
 
 log = logging.getLogger("tlkit")
 
@@ -48,7 +48,8 @@ class FeatureSet:
         index: The dataset they were computed from.
         path: The cache folder.
         reused: True when the cache already existed and nothing was computed.
-        skipped: ``{path: reason}`` for files that could not be decoded.
+        skipped: ``{path: reason}`` for entries the scan rejected (``index.skipped``: broken or
+            looping symlinks...) and files that could not be decoded.
     """
 
     index: DatasetIndex
@@ -94,20 +95,22 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
         The cached :class:`FeatureSet`.
 
     Raises:
-        TlkitError: On a bad dataset folder or weights path.
+        TlkitError: On a bad dataset folder or weights path, or a class with no readable image in
+            one of the splits (all its files there skipped): nothing is then cached but the
+            decoded images.
     """
     config = config or Config()
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
     recipe = manifest(index, config)
     folder = cache_folder(config.data.cache_dir, "features", recipe)
-    reused = is_built(folder, (FEATURES_FILE,))
+    reused = is_built(folder)
     if reused:
         log.info("feature cache up to date, reusing %s", folder)
     else:
         log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
         _compute(index, config, recipe, folder, verbose)
-    skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
-    return FeatureSet(index, folder, reused, skipped)
+    undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
+    return FeatureSet(index, folder, reused, {**index.skipped, **undecodable})
 
 
 def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> None:
@@ -123,7 +126,9 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
     with building(folder) as staging, ExitStack() as files:
         table = files.enter_context(RowFile(staging / FEATURES_FILE, (len(row_of), *extractor.output_shape[1:])))
         sources = []  # per split: its decoded images (read, not mapped: memory stays flat) and their table rows
-        for name in index.files:
+        for name, paths in index.files.items():
+            if not paths:  # --val-split 0 leaves val empty: nothing to decode
+                continue
             split = load_split(index, name, config.data, progress=bool(verbose))
             skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
             sources.append((files.enter_context(RowFile(split.cache / IMAGES_FILE)),

@@ -29,14 +29,18 @@ def is_binary(num_classes: int) -> bool:
     return num_classes == 2
 
 
-def build_head(feature_shape: tuple[int, ...], num_classes: int, config: TrainConfig) -> keras.Model:
-    """Pooling (global average or flatten) -> scaling -> Dense(head_units, relu) -> Dropout -> output layer."""
+def build_head(feature_shape: tuple[int, ...], num_classes: int, config: TrainConfig, seed: int) -> keras.Model:
+    """Pooling (global average or flatten) -> scaling -> Dense(head_units, relu) -> Dropout -> output layer.
+
+    The dropout draws from its own random stream seeded by ``seed`` (a model variable, so a
+    resumed run continues it; unseeded, PyTorch's dropout would use the process-wide generator).
+    """
     inputs = keras.Input(shape=feature_shape, name="features")
     pool = keras.layers.GlobalAveragePooling2D if config.pooling == "avg" else keras.layers.Flatten
     x = pool(name="pool")(inputs)
     x = keras.layers.Rescaling(FEATURE_SCALE, name="scale")(x)
     x = keras.layers.Dense(config.head_units, activation="relu", name="hidden")(x)
-    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
     if is_binary(num_classes):
         outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:

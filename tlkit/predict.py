@@ -10,14 +10,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tlkit.config import PREDICT_BATCH
 from tlkit.data import decode_images, list_images
 from tlkit.errors import TlkitError
 from tlkit.runs import Run, find_latest_run, load_run
 
 log = logging.getLogger("tlkit")
-
-#: Files decoded and predicted per step.
-PREDICT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,8 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
                 count += 1
                 yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
         if count == 0:
-            raise TlkitError(f"none of the {len(files)} file(s) given is a readable image")
+            raise TlkitError(f"none of the {len(files)} file(s) given is a readable image "
+                             "(each was skipped: see the warnings); give JPEG, PNG... image files")
 
     return predictions()
 

@@ -8,14 +8,15 @@ A run folder holds::
     history.json    per-epoch loss/accuracy, train and validation, of every phase
     metrics.json    final and best validation figures, test figures, split sizes, skipped files
     curves.png      training vs validation accuracy and loss per epoch
+    checksums.json  size and SHA-256 of each file above: a damaged or modified run is refused
+
+The model is written last (after the checksums), so a folder with a model is a whole run.
+While the run trains, ``checkpoint/`` holds its resumable state (see :mod:`tlkit.resume`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +24,10 @@ from typing import Any
 
 from tlkit.config import Config, DEFAULT_RUNS_DIR, config_from_dict
 from tlkit.errors import TlkitError
+from tlkit.files import atomic_write, damage, read_json, write_checksums
 
 #: Bumped when a run folder's layout changes in a way older code cannot read.
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
@@ -33,6 +35,8 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+#: Runs are checked against changes, not only damage: SHA-256.
+RUN_CHECKSUM = "sha256"
 
 
 @dataclass
@@ -61,35 +65,6 @@ class Run:
         return self.config.data.image_size
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(temporary_path)``, then rename the result onto ``path``: whole or not at all."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically."""
-    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file of a run or cache, with a one-line error if it is missing or damaged."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TlkitError(f"missing {path.name} in {path.parent}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TlkitError(f"damaged {path}: {exc}") from None
-
-
 def new_run_dir(run_dir: str | Path | None, mode: str) -> Path:
     """Create the folder a new run writes into: ``run_dir``, or a fresh timestamped one under ``runs/``.
 
@@ -115,9 +90,19 @@ def new_run_dir(run_dir: str | Path | None, mode: str) -> Path:
     return path
 
 
-def save_model(model, path: Path) -> None:
-    """Save a Keras model atomically (``.keras`` format)."""
-    atomic_write(path, lambda tmp: model.save(tmp))
+def save_run_model(model, run_dir: Path) -> None:
+    """Save the model into a run whose other files are written, making it whole.
+
+    The model is saved under a temporary name, every file's size and SHA-256 go into
+    ``checksums.json``, and then the model is renamed into place: last, so a folder with a
+    model always has its checksums.
+    """
+
+    def write(temporary: str) -> None:
+        model.save(temporary)
+        write_checksums(run_dir, RUN_CHECKSUM, pending={MODEL_FILE: Path(temporary)})
+
+    atomic_write(run_dir / MODEL_FILE, write)
 
 
 def find_latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -149,13 +134,20 @@ def load_run(path: str | Path) -> Run:
     if not (path / MODEL_FILE).is_file():
         raise TlkitError(f"{path} is not a tlkit run folder (no {MODEL_FILE})")
     record = read_json(path / CONFIG_FILE)
-    found = record.get("provenance", {}).get("run_format")
+    found = record.get("provenance", {}).get("run_format") if isinstance(record, dict) else None
     if found != RUN_FORMAT:
         raise TlkitError(f"run {path} has format {found!r}; this tlkit reads format {RUN_FORMAT}: retrain it")
+    problem = damage(path)
+    if problem is not None:
+        raise TlkitError(f"run {path} is damaged or was modified ({problem}); it is not loaded: retrain it "
+                         "or restore the folder from a copy")
     class_names = tuple(read_json(path / CLASSES_FILE))
     try:
         model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
+        if "safe_mode" in str(exc):
+            raise TlkitError(f"refused to load {path / MODEL_FILE}: it carries Python code (such as a Lambda "
+                             "layer), which tlkit never runs; tlkit did not write this model") from None
         raise TlkitError(f"cannot load {path / MODEL_FILE}: {exc}") from None
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
     return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"])

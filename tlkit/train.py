@@ -21,7 +21,7 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.augment import AugmentedBatches, RandomAffine
-from tlkit.backbone import build_base, set_trainable_from
+from tlkit.backbone import build_base, set_trainable_from, weights_identity
 from tlkit.config import Config
 from tlkit.data import Batches, DatasetIndex, Split, load_split, scan
 from tlkit.errors import TlkitError
@@ -30,8 +30,10 @@ from tlkit.features import extract
 from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, precision_policy, targets
 from tlkit.predict import class_probabilities
 from tlkit.plots import plot_curves
+from tlkit.files import write_json
+from tlkit.resume import CHECKPOINT_DIR, Checkpoint, EarlyStopping, find_interrupted_run
 from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                        RUN_FORMAT, load_run, new_run_dir, save_model, write_json)
+                        RUN_FORMAT, load_run, new_run_dir, save_run_model)
 
 log = logging.getLogger("tlkit")
 
@@ -63,24 +65,38 @@ class TrainResult:
 
 def train(data: str | Path, config: Config | None = None, run_dir: str | Path | None = None,
           from_run: str | Path | None = None, verbose: int = 1,
-          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
+          callbacks: list[keras.callbacks.Callback] | None = None, resume: bool = False) -> TrainResult:
     """Train a VGG16 transfer-learning classifier on a folder dataset and save the run.
+
+    Every finished epoch is checkpointed in the run folder; a run that was stopped (killed,
+    interrupted, out of memory) continues from its last finished epoch with ``resume=True``.
 
     Args:
         data: Folder with ``train/`` + ``validation/`` (or ``val/``) [+ ``test/``] of class
             folders, or a plain folder of class folders (split here, stratified and seeded).
-        config: Settings; ``config.train.mode`` picks the mode. Defaults if omitted.
+        config: Settings; ``config.train.mode`` picks the mode. Defaults if omitted (when
+            resuming: the settings the run was started with).
         run_dir: Folder to write the run into (must be new or empty); default ``runs/<time>-<mode>``.
         from_run: For ``finetune``: an earlier run whose model replaces the head warm-up.
         verbose: 0 silent, 1 progress bars.
         callbacks: Extra Keras callbacks, given to every phase's ``fit`` (e.g. TensorBoard).
+        resume: Continue the interrupted run in ``run_dir`` (default: the latest under ``runs/``);
+            a ``run_dir`` with nothing to resume starts a new run there.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        TlkitError: On bad data, options or runs.
+        TlkitError: On bad data, options or runs, or a resume whose data or settings changed.
     """
+    if resume and run_dir is None:
+        run_dir = find_interrupted_run()
+    checkpoint = Checkpoint.open(run_dir) if resume else None
+    if resume and (Path(run_dir) / MODEL_FILE).exists():
+        raise TlkitError(f"run {run_dir} has finished; there is nothing to resume")
+    if checkpoint is not None:
+        config = config or checkpoint.config
+        from_run = from_run if from_run is not None else checkpoint.from_run
     config = config or Config()
     if from_run is not None and config.train.mode != "finetune":
         raise TlkitError("--from is only for --mode finetune")
@@ -89,43 +105,69 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         config = _adopt_earlier_run(earlier, config)
     index = scan(data, config.data)
     if len(index.class_names) < 2:
-        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at least 2")
+        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at "
+                         "least 2: add a folder of images per class")
     if not index.files["val"]:
         raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
     if earlier is not None and earlier.class_names != index.class_names:
         raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
                          f"but {index.root} has {', '.join(index.class_names)}")
-    existed = run_dir is not None and Path(run_dir).is_dir()
-    out = new_run_dir(run_dir, config.train.mode)
+    resumed = checkpoint is not None
+    if resumed:
+        config = checkpoint.check_matches(data, index, config, from_run)
+        out = Path(run_dir)
+    else:
+        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+            if not resume:
+                raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
+                                 "or choose another --run-dir")
+            _discard(Path(run_dir), keep_folder=True)  # its checkpoint is unusable (said so): start again there
+        weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
+        existed = run_dir is not None and Path(run_dir).is_dir()
+        out = new_run_dir(run_dir, config.train.mode)
+        checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
     try:
         with precision_policy(config.train.precision):
-            return _train_into(out, index, config, earlier, verbose, list(callbacks or []))
-    except BaseException:  # a run folder is whole or absent (an empty one given by the user stays, empty)
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        for leftover in out.iterdir() if existed else ():
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
+            result = _train_into(out, index, config, earlier, verbose, list(callbacks or []), checkpoint)
+    except BaseException as exc:
+        if checkpoint.has_progress() and not isinstance(exc, TlkitError):
+            log.warning("training stopped (%s); the finished epochs are kept in %s: continue with "
+                        "`tlkit train %s --run-dir %s --resume`", type(exc).__name__, out, data, out)
+        elif not resumed:
+            _discard(out, keep_folder=existed)
         raise
+    checkpoint.remove()
+    return result
+
+
+def _discard(out: Path, keep_folder: bool) -> None:
+    """Remove a failed run's files: its folder is whole or absent (an empty one given by the user stays, empty)."""
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for leftover in out.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
 
 
 def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose: int,
-                callbacks: list) -> TrainResult:
+                callbacks: list, checkpoint: Checkpoint) -> TrainResult:
     keras.utils.set_random_seed(config.data.seed)
     mode, settings = config.train.mode, config.train
     classes = len(index.class_names)
     phases: list[dict] = []
-    skipped: dict[str, str] = {}
+    skipped: dict[str, str] = dict(index.skipped)  # symlink loops and other entries the scan rejected
     splits: dict[str, Split] = {}
     if mode == "features" or (mode == "finetune" and earlier is None and settings.warmup_mode == "features"):
         epochs = settings.epochs if mode == "features" else settings.warmup_epochs
         features = extract(index, config, verbose)
-        head, history = _fit_head_on_features(features, config, epochs, verbose, callbacks)
-        phases.append({"name": "features" if mode == "features" else "warmup (features)", "history": history})
+        name = "features" if mode == "features" else "warmup (features)"
+        head, history = _fit_head_on_features(features, config, epochs, verbose, callbacks, checkpoint, name)
+        phases.append({"name": name, "history": history})
         model = build_classifier(build_base(settings.weights, config.data.image_size, config.data.seed), head)
-        skipped = features.skipped
+        skipped.update(features.skipped)
         if mode == "features":  # the head on cached features scores exactly as the whole model, faster
             scored = [name for name in ("val", "test") if name in index.files]
             score = _scorer(head, {name: features.split(name)[:2] for name in scored}, index.class_names,
@@ -138,17 +180,18 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         base = build_base(settings.weights, config.data.image_size, config.data.seed)
         set_trainable_from(base, None)
         keras.utils.set_random_seed(config.data.seed)
-        model = build_classifier(base, build_head(base.output_shape[1:], classes, settings))
+        model = build_classifier(base, build_head(base.output_shape[1:], classes, settings, config.data.seed))
         epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
+        name = "frozen" if mode == "frozen" else "warmup (frozen)"
         history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose, callbacks,
-                                 phase=len(phases))
-        phases.append({"name": "frozen" if mode == "frozen" else "warmup (frozen)", "history": history})
+                                 checkpoint, len(phases), name)
+        phases.append({"name": name, "history": history})
     if earlier is not None:
         model = earlier.model
     if mode == "finetune":
         set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
         history = _fit_augmented(model, splits, config, settings.epochs, settings.finetune_learning_rate, classes,
-                                 verbose, callbacks, phase=len(phases))
+                                 verbose, callbacks, checkpoint, len(phases), "finetune")
         phases.append({"name": "finetune", "history": history})
     if mode != "features":
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
@@ -176,29 +219,28 @@ def _adopt_earlier_run(earlier, config: Config) -> Config:
     return config.replace(**changes)
 
 
-def _callbacks(config: Config, extra: list) -> list:
-    if config.train.patience == 0:
-        return extra
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.train.patience,
-                                          restore_best_weights=True), *extra]
-
-
-def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, callbacks: list):
+def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, callbacks: list,
+                          checkpoint: Checkpoint, name: str):
     """Fit a fresh head on cached features; returns ``(head, history)``."""
     x_train, y_train, _ = features.split("train")
     x_val, y_val, _ = features.split("val")
     classes = len(features.index.class_names)
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
-    head = build_head(x_train.shape[1:], classes, config.train)
+    head = build_head(x_train.shape[1:], classes, config.train, config.data.seed)
     compile_model(head, classes, config.train.optimizer, config.train.learning_rate)
-    fitted = head.fit(x_train, targets(y_train, classes), batch_size=config.train.batch_size, epochs=epochs,
-                      validation_data=(x_val, targets(y_val, classes)), shuffle=True,
-                      callbacks=_callbacks(config, callbacks), verbose=_keras_verbose(verbose))
-    return head, _plain(fitted.history)
+
+    def batches(epoch: int) -> Batches:
+        return Batches(x_train, targets(y_train, classes), config.train.batch_size, shuffle=True,
+                       seed=config.data.seed, epoch=epoch)
+
+    history = _fit_phase(head, head, batches, (x_val, targets(y_val, classes)), epochs, config, verbose, callbacks,
+                         checkpoint, 0, name)
+    return head, history
 
 
 def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int,
-                   learning_rate: float, classes: int, verbose: int, callbacks: list, phase: int) -> dict:
+                   learning_rate: float, classes: int, verbose: int, callbacks: list, checkpoint: Checkpoint,
+                   phase: int, name: str) -> dict:
     """Fit the whole classifier on augmented training images, validating on plain ones.
 
     With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier
@@ -212,17 +254,51 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
         inputs = keras.Input(shape=model.input_shape[1:], name="image")
         augment = RandomAffine.from_augment_config(config.augment, seed=seed)
         trainer = keras.Model(inputs, model(augment(inputs)), name="trainer")
-        # Reading a batch is a memory copy: a few threads read ahead so the device never waits.
-        batches = Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=seed,
-                          workers=min(PREFETCH_THREADS, config.data.workers))
+
+        def batches(epoch: int) -> Batches:  # reading a batch is a memory copy: threads read ahead
+            return Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                           workers=min(PREFETCH_THREADS, config.data.workers))
     else:
         trainer = model
-        batches = AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed)
+
+        def batches(epoch: int) -> Batches:
+            return AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed,
+                                    epoch=epoch)
     compile_model(trainer, classes, config.train.optimizer, learning_rate)
     validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
-    fitted = trainer.fit(batches, epochs=epochs, validation_data=validation, callbacks=_callbacks(config, callbacks),
-                         verbose=_keras_verbose(verbose))
-    return _plain(fitted.history)
+    return _fit_phase(trainer, model, batches, validation, epochs, config, verbose, callbacks, checkpoint, phase,
+                      name)
+
+
+def _fit_phase(trainer: keras.Model, subject: keras.Model, batches, validation, epochs: int, config: Config,
+               verbose: int, callbacks: list, checkpoint: Checkpoint, phase: int, name: str) -> dict:
+    """Fit one phase (``trainer`` compiled; ``subject`` the model the phase leaves), checkpointing every epoch.
+
+    A phase that finished before an interruption is not fitted again: ``subject`` gets the
+    weights it ended with. A phase that was under way continues after its last finished epoch,
+    with the optimizer's and early stopping's state as they were.
+
+    Args:
+        batches: ``epoch -> training batches`` starting at that epoch.
+
+    Returns:
+        The phase's history: Keras's per-epoch logs, all epochs.
+    """
+    finished = checkpoint.finished_phase(phase, subject)
+    if finished is not None:
+        return finished["history"]
+    progress = checkpoint.resume_phase(phase, trainer) or {"epochs_done": 0, "history": None, "stopped": False,
+                                                            "early_stopping": None}
+    done = progress["epochs_done"]
+    stopping = EarlyStopping(config.train.patience, progress["early_stopping"]) if config.train.patience else None
+    saver = checkpoint.saver(phase, trainer, stopping, progress["history"])
+    # shuffle=False: Batches shuffles each epoch from (seed, epoch); Keras would reorder batches with the
+    # global random state, which a resumed process does not share
+    trainer.fit(batches(done), epochs=done if progress["stopped"] else epochs, initial_epoch=done, shuffle=False,
+                validation_data=validation, callbacks=[*([stopping] if stopping else []), *callbacks, saver],
+                verbose=_keras_verbose(verbose))
+    checkpoint.finish_phase(phase, name, saver.history, subject)
+    return saver.history
 
 
 def _scorer(model: keras.Model, data: dict, class_names: tuple[str, ...], batch_size: int):
@@ -282,12 +358,7 @@ def _write_run(out: Path, model: keras.Model, index: DatasetIndex, config: Confi
     write_json(out / HISTORY_FILE, phases)
     write_json(out / METRICS_FILE, metrics)
     plot_curves(phases, out / CURVES_FILE)
-    save_model(model, out / MODEL_FILE)
-
-
-def _plain(history: dict) -> dict:
-    """Keras history values as plain floats, for JSON."""
-    return {key: [float(v) for v in values] for key, values in history.items()}
+    save_run_model(model, out)
 
 
 def _keras_verbose(verbose: int):

@@ -1,0 +1,180 @@
+"""Interrupted training resumes: a real training process is killed (SIGKILL) mid-epoch, then resumed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tlkit
+from tlkit.cli import main
+from tlkit.resume import CHECKPOINT_DIR, STATE_FILE
+
+from conftest import make_dataset
+
+#: Trains with tlkit.train and SIGKILLs its own process after batch BATCH of epoch EPOCH of phase PHASE.
+KILLER = """
+import json, os, signal, sys
+import keras, tlkit
+from tlkit.config import config_from_dict
+
+data, run_dir, phase, epoch, batch, config = sys.argv[1:]
+target = (int(phase), int(epoch), int(batch))
+
+class KillAt(keras.callbacks.Callback):
+    phase = -1
+    def on_train_begin(self, logs=None):
+        self.phase += 1
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.phase, self.epoch, batch) == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+tlkit.train(data, config_from_dict(json.loads(config)), run_dir=run_dir, verbose=0, callbacks=[KillAt()])
+"""
+
+
+def kill_during_training(data: Path, run_dir: Path, config: tlkit.Config, phase: int, epoch: int, batch: int):
+    """Train in a child process that is SIGKILLed at (phase, epoch, batch); returns the finished process."""
+    process = subprocess.run([sys.executable, "-c", KILLER, str(data), str(run_dir), str(phase), str(epoch),
+                              str(batch), json.dumps(config.to_dict())], capture_output=True, text=True, timeout=300)
+    assert process.returncode == -9, process.stderr[-3000:]  # killed, not finished or crashed
+    return process
+
+
+def history(run: Path) -> list[dict]:
+    return json.loads((run / "history.json").read_text())
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "d", ("blue", "red"), per_class=10)
+
+
+@pytest.mark.parametrize("mode, phase, warmup_mode, augment_on, patience", [
+    ("finetune", 0, "features", "device", 1),  # killed in the head warm-up on cached features (stops early)
+    ("finetune", 1, "features", "device", 2),  # killed while fine-tuning
+    ("finetune", 0, "frozen", "cpu", 2),       # killed in a frozen warm-up augmented by ImageDataGenerator
+    ("frozen", 0, "features", "device", 1),
+])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, config, mode, phase, warmup_mode,
+                                                         augment_on, patience):
+    config = config.replace(train={"mode": mode, "epochs": 5, "warmup_epochs": 5, "patience": patience,
+                                   "warmup_mode": warmup_mode, "augment_on": augment_on})
+    whole = tlkit.train(data, config, run_dir=tmp_path / "whole", verbose=0)
+    if patience == 1:  # early stopping ended the first phase: its state (wait, best weights) must survive too
+        assert whole.metrics["epochs_run"][0] < 5
+    killed = tmp_path / "killed"
+    kill_during_training(data, killed, config, phase=phase, epoch=2, batch=0)
+    state = json.loads((killed / CHECKPOINT_DIR / STATE_FILE).read_text())
+    assert state["current"]["phase"] == phase and state["current"]["epochs_done"] == 2  # epoch 3 was cut short
+    assert not (killed / "model.keras").exists()
+
+    resumed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(killed), "--resume", "--quiet"],
+                                 catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert not (killed / CHECKPOINT_DIR).exists()
+    assert_same_training(killed, whole.run_dir)
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    """The same phases and epochs, with the same losses: the same batches, weights and optimizer state."""
+    ours, theirs = history(run), history(reference)
+    assert [p["name"] for p in ours] == [p["name"] for p in theirs]
+    for a, b in zip(ours, theirs):
+        assert len(a["history"]["loss"]) == len(b["history"]["loss"])
+        np.testing.assert_allclose(a["history"]["loss"], b["history"]["loss"], rtol=1e-6)
+        np.testing.assert_allclose(a["history"]["val_loss"], b["history"]["val_loss"], rtol=1e-6)
+    ours, theirs = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
+    assert ours["epochs_run"] == theirs["epochs_run"]
+    assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (Ctrl-C) after batch 0 of epoch ``epoch`` of the ``phase``-th fit."""
+
+    def __init__(self, phase: int, epoch: int) -> None:
+        super().__init__()
+        self.target, self.phase = (phase, epoch), -1
+
+    def on_train_begin(self, logs=None):
+        self.phase += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.phase, self.epoch) == self.target:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def finetune(config):
+    return config.replace(train={"mode": "finetune", "epochs": 3, "warmup_epochs": 2, "patience": 2})
+
+
+@pytest.fixture
+def interrupted(tmp_path, data, finetune, caplog):
+    """A finetune run interrupted (Ctrl-C) in epoch 2 of fine-tuning, after its warm-up finished."""
+    with pytest.raises(KeyboardInterrupt):
+        tlkit.train(data, finetune, run_dir=tmp_path / "run", verbose=0, callbacks=[StopAt(1, 1)])
+    assert "--resume" in caplog.text  # says how to continue
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def whole(tmp_path, data, finetune):
+    return tlkit.train(data, finetune, run_dir=tmp_path / "whole", verbose=0).run_dir
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(data, interrupted, whole):
+    assert (interrupted / CHECKPOINT_DIR / STATE_FILE).is_file() and not (interrupted / "model.keras").exists()
+    tlkit.train(data, run_dir=interrupted, verbose=0, resume=True)  # settings come from the checkpoint
+    assert_same_training(interrupted, whole)
+
+
+def test_resume_without_run_dir_takes_the_latest_interrupted_run(tmp_path, data, finetune, interrupted, whole,
+                                                                 monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    interrupted.rename(runs / "20260101-000000-finetune")
+    result = CliRunner().invoke(main, ["train", str(data), "--resume", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert_same_training(runs / "20260101-000000-finetune", whole)
+    again = CliRunner().invoke(main, ["train", str(data), "--resume"])
+    assert again.exit_code == 1 and "no interrupted run under runs/" in again.output
+
+
+def test_a_run_with_a_checkpoint_is_never_overwritten(tmp_path, data, finetune, interrupted):
+    before = {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()}
+    refused = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--quiet"])
+    assert refused.exit_code == 1 and "add --resume" in refused.output
+    other = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--resume", "--epochs", "9"])
+    assert other.exit_code == 1 and "epochs=3 (not 9)" in other.output and "Traceback" not in other.output
+    (data / "red" / "red_09.jpg").unlink()
+    changed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--resume"])
+    assert changed.exit_code == 1 and "changed since" in changed.output
+    assert {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()} == before
+
+
+def test_resume_of_a_finished_run_is_refused(data, whole):
+    result = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(whole), "--resume"])
+    assert result.exit_code == 1 and "has finished" in result.output
+
+
+@pytest.mark.parametrize("damaged", ["epoch", "best", "phase", "state"])
+def test_damaged_checkpoint_files_fall_back_to_an_earlier_point(data, finetune, interrupted, whole, damaged, caplog):
+    folder = interrupted / CHECKPOINT_DIR
+    target = {"epoch": "p1-e1.npz", "best": "p1-best-e1.npz", "phase": "phase-0.npz", "state": STATE_FILE}[damaged]
+    assert (folder / target).is_file(), sorted(p.name for p in folder.iterdir())
+    (folder / target).write_bytes((folder / target).read_bytes()[:100])  # truncated
+    tlkit.train(data, finetune, run_dir=interrupted, verbose=0, resume=True)
+    assert "damaged" in caplog.text or "cannot be used" in caplog.text
+    assert_same_training(interrupted, whole)  # started that phase (or the run) again: same result
