@@ -16,7 +16,7 @@ import tlkit
 from tlkit.cli import main
 from tlkit.resume import CHECKPOINT_DIR, STATE_FILE
 
-from conftest import make_dataset
+from conftest import COLOURS, make_dataset, write_image
 
 #: Trains with tlkit.train and SIGKILLs its own process after batch BATCH of epoch EPOCH of phase PHASE.
 KILLER = """
@@ -58,23 +58,35 @@ def data(tmp_path):
     return make_dataset(tmp_path / "d", ("blue", "red"), per_class=10)
 
 
-@pytest.mark.parametrize("mode, phase, warmup_mode, augment_on, patience", [
-    ("finetune", 0, "features", "device", 1),  # killed in the head warm-up on cached features (stops early)
-    ("finetune", 1, "features", "device", 2),  # killed while fine-tuning
-    ("finetune", 0, "frozen", "cpu", 2),       # killed in a frozen warm-up augmented by ImageDataGenerator
-    ("frozen", 0, "features", "device", 1),
+@pytest.fixture
+def contrary(tmp_path):
+    """Validation images labelled against their training class: the better training gets, the worse validation
+    gets, so early stopping ends every phase after ``patience`` epochs, on every backend."""
+    root = make_dataset(tmp_path / "c", ("blue", "red"), per_class=8, splits=["train"])
+    for name, colour in (("blue", "red"), ("red", "blue")):
+        for i in range(4):
+            write_image(root / "validation" / name / f"{i}.jpg", COLOURS[colour], seed=100 + i)
+    return root
+
+
+@pytest.mark.parametrize("mode, phase, warmup_mode, augment_on, stops_early", [
+    ("finetune", 0, "features", "device", True),   # killed in the head warm-up on cached features
+    ("finetune", 1, "features", "device", False),  # killed while fine-tuning
+    ("finetune", 0, "frozen", "cpu", False),       # killed in a frozen warm-up augmented by ImageDataGenerator
+    ("frozen", 0, "features", "device", True),
 ])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, config, mode, phase, warmup_mode,
-                                                         augment_on, patience):
-    config = config.replace(train={"mode": mode, "epochs": 5, "warmup_epochs": 5, "patience": patience,
-                                   "warmup_mode": warmup_mode, "augment_on": augment_on})
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, contrary, config, mode, phase, warmup_mode,
+                                                         augment_on, stops_early):
+    config = config.replace(train={"mode": mode, "epochs": 6, "warmup_epochs": 6, "patience": 2,
+                                   "warmup_mode": warmup_mode, "augment_on": augment_on, "learning_rate": 1e-2})
+    data = contrary if stops_early else data
     whole = tlkit.train(data, config, run_dir=tmp_path / "whole", verbose=0)
-    if patience == 1:  # early stopping ended the first phase: its state (wait, best weights) must survive too
-        assert whole.metrics["epochs_run"][0] < 5
+    if stops_early:  # early stopping ended the phase: its state (wait, best weights) must survive the kill too
+        assert whole.metrics["epochs_run"][phase] < 6
     killed = tmp_path / "killed"
-    kill_during_training(data, killed, config, phase=phase, epoch=2, batch=0)
+    kill_during_training(data, killed, config, phase=phase, epoch=1, batch=0)
     state = json.loads((killed / CHECKPOINT_DIR / STATE_FILE).read_text())
-    assert state["current"]["phase"] == phase and state["current"]["epochs_done"] == 2  # epoch 3 was cut short
+    assert state["current"]["phase"] == phase and state["current"]["epochs_done"] == 1  # epoch 2 was cut short
     assert not (killed / "model.keras").exists()
 
     resumed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(killed), "--resume", "--quiet"],
