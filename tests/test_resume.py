@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -77,12 +81,13 @@ def contrary(tmp_path):
 ])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, contrary, config, mode, phase, warmup_mode,
                                                          augment_on, stops_early):
-    config = config.replace(train={"mode": mode, "epochs": 6, "warmup_epochs": 6, "patience": 2,
+    epochs = 6 if stops_early else 3
+    config = config.replace(train={"mode": mode, "epochs": epochs, "warmup_epochs": epochs, "patience": 2,
                                    "warmup_mode": warmup_mode, "augment_on": augment_on, "learning_rate": 1e-2})
     data = contrary if stops_early else data
     whole = tlkit.train(data, config, run_dir=tmp_path / "whole", verbose=0)
     if stops_early:  # early stopping ended the phase: its state (wait, best weights) must survive the kill too
-        assert whole.metrics["epochs_run"][phase] < 6
+        assert whole.metrics["epochs_run"][phase] < epochs
     killed = tmp_path / "killed"
     kill_during_training(data, killed, config, phase=phase, epoch=1, batch=0)
     state = json.loads((killed / CHECKPOINT_DIR / STATE_FILE).read_text())
@@ -127,66 +132,90 @@ class StopAt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.fixture
-def finetune(config):
-    return config.replace(train={"mode": "finetune", "epochs": 3, "warmup_epochs": 2, "patience": 2})
+@dataclass
+class Interrupted:
+    """A finetune run stopped by Ctrl-C in epoch 2 of fine-tuning (its warm-up finished), and what it logged."""
+
+    data: Path
+    config: tlkit.Config
+    run: Path
+    whole: Path  # the same run, uninterrupted
+    log: str
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Interrupted:
+    root = tmp_path_factory.mktemp("resume")
+    data = make_dataset(root / "d", ("blue", "red"), per_class=10)
+    config = tlkit.Config().replace(
+        data={"image_size": 32, "cache_dir": str(root / "cache"), "workers": 2, "val_split": 0.3},
+        train={"weights": "none", "batch_size": 8, "mode": "finetune", "epochs": 3, "warmup_epochs": 2,
+               "patience": 2})
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("tlkit").addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tlkit.train(data, config, run_dir=root / "run", verbose=0, callbacks=[StopAt(1, 1)])
+    finally:
+        logging.getLogger("tlkit").removeHandler(handler)
+    whole = tlkit.train(data, config, run_dir=root / "whole", verbose=0).run_dir
+    return Interrupted(data, config, root / "run", whole, "\n".join(messages))
 
 
 @pytest.fixture
-def interrupted(tmp_path, data, finetune, caplog):
-    """A finetune run interrupted (Ctrl-C) in epoch 2 of fine-tuning, after its warm-up finished."""
-    with pytest.raises(KeyboardInterrupt):
-        tlkit.train(data, finetune, run_dir=tmp_path / "run", verbose=0, callbacks=[StopAt(1, 1)])
-    assert "--resume" in caplog.text  # says how to continue
-    return tmp_path / "run"
+def interrupted(origin, tmp_path) -> Interrupted:
+    """A copy of the interrupted run, for one test to resume or damage."""
+    return dataclasses.replace(origin, run=Path(shutil.copytree(origin.run, tmp_path / "run")))
 
 
-@pytest.fixture
-def whole(tmp_path, data, finetune):
-    return tlkit.train(data, finetune, run_dir=tmp_path / "whole", verbose=0).run_dir
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(interrupted):
+    assert "--resume" in interrupted.log  # it said how to continue
+    run = interrupted.run
+    assert (run / CHECKPOINT_DIR / STATE_FILE).is_file() and not (run / "model.keras").exists()
+    tlkit.train(interrupted.data, run_dir=run, verbose=0, resume=True)  # settings come from the checkpoint
+    assert_same_training(run, interrupted.whole)
 
 
-def test_interrupted_run_keeps_its_checkpoint_and_resumes(data, interrupted, whole):
-    assert (interrupted / CHECKPOINT_DIR / STATE_FILE).is_file() and not (interrupted / "model.keras").exists()
-    tlkit.train(data, run_dir=interrupted, verbose=0, resume=True)  # settings come from the checkpoint
-    assert_same_training(interrupted, whole)
-
-
-def test_resume_without_run_dir_takes_the_latest_interrupted_run(tmp_path, data, finetune, interrupted, whole,
-                                                                 monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    interrupted.rename(runs / "20260101-000000-finetune")
-    result = CliRunner().invoke(main, ["train", str(data), "--resume", "--quiet"], catch_exceptions=False)
+def test_resume_without_run_dir_takes_the_latest_interrupted_run(tmp_path, interrupted):
+    (tmp_path / "runs").mkdir()
+    run = interrupted.run.rename(tmp_path / "runs" / "20260101-000000-finetune")
+    result = CliRunner().invoke(main, ["train", str(interrupted.data), "--resume", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert_same_training(runs / "20260101-000000-finetune", whole)
-    again = CliRunner().invoke(main, ["train", str(data), "--resume"])
+    assert_same_training(run, interrupted.whole)
+    again = CliRunner().invoke(main, ["train", str(interrupted.data), "--resume"])
     assert again.exit_code == 1 and "no interrupted run under runs/" in again.output
 
 
-def test_a_run_with_a_checkpoint_is_never_overwritten(tmp_path, data, finetune, interrupted):
-    before = {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()}
-    refused = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--quiet"])
+def test_a_run_with_a_checkpoint_is_never_overwritten(interrupted):
+    data, run = interrupted.data, interrupted.run
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(run), "--quiet"])
     assert refused.exit_code == 1 and "add --resume" in refused.output
-    other = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--resume", "--epochs", "9"])
+    other = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(run), "--resume", "--epochs", "9"])
     assert other.exit_code == 1 and "epochs=3 (not 9)" in other.output and "Traceback" not in other.output
-    (data / "red" / "red_09.jpg").unlink()
-    changed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(interrupted), "--resume"])
+    extra = shutil.copy(data / "red" / "red_00.jpg", data / "red" / "added.jpg")
+    try:
+        changed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(run), "--resume"])
+    finally:
+        Path(extra).unlink()  # the dataset is shared by this module's tests
     assert changed.exit_code == 1 and "changed since" in changed.output
-    assert {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_resume_of_a_finished_run_is_refused(data, whole):
-    result = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(whole), "--resume"])
+def test_resume_of_a_finished_run_is_refused(interrupted):
+    result = CliRunner().invoke(main, ["train", str(interrupted.data), "--run-dir", str(interrupted.whole),
+                                       "--resume"])
     assert result.exit_code == 1 and "has finished" in result.output
 
 
 @pytest.mark.parametrize("damaged", ["epoch", "best", "phase", "state"])
-def test_damaged_checkpoint_files_fall_back_to_an_earlier_point(data, finetune, interrupted, whole, damaged, caplog):
-    folder = interrupted / CHECKPOINT_DIR
+def test_damaged_checkpoint_files_fall_back_to_an_earlier_point(interrupted, damaged, caplog):
+    folder = interrupted.run / CHECKPOINT_DIR
     target = {"epoch": "p1-e1.npz", "best": "p1-best-e1.npz", "phase": "phase-0.npz", "state": STATE_FILE}[damaged]
     assert (folder / target).is_file(), sorted(p.name for p in folder.iterdir())
     (folder / target).write_bytes((folder / target).read_bytes()[:100])  # truncated
-    tlkit.train(data, finetune, run_dir=interrupted, verbose=0, resume=True)
+    tlkit.train(interrupted.data, interrupted.config, run_dir=interrupted.run, verbose=0, resume=True)
     assert "damaged" in caplog.text or "cannot be used" in caplog.text
-    assert_same_training(interrupted, whole)  # started that phase (or the run) again: same result
+    assert_same_training(interrupted.run, interrupted.whole)  # started that phase (or the run) again: same result
