@@ -219,3 +219,15 @@ def test_damaged_checkpoint_files_fall_back_to_an_earlier_point(interrupted, dam
     tlkit.train(interrupted.data, interrupted.config, run_dir=interrupted.run, verbose=0, resume=True)
     assert "damaged" in caplog.text or "cannot be used" in caplog.text
     assert_same_training(interrupted.run, interrupted.whole)  # started that phase (or the run) again: same result
+
+
+def test_resume_never_clears_a_folder_tlkit_did_not_write(tmp_path, interrupted):
+    """A --run-dir holding someone's own ``checkpoint/`` (no tlkit state in it) is refused, not emptied."""
+    folder = tmp_path / "mine"
+    (folder / CHECKPOINT_DIR).mkdir(parents=True)
+    (folder / CHECKPOINT_DIR / "notes.txt").write_text("keep me")
+    (folder / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["train", str(interrupted.data), "--run-dir", str(folder), "--resume"])
+    assert result.exit_code == 1 and "already exists and is not empty" in result.output
+    assert (folder / CHECKPOINT_DIR / "notes.txt").read_text() == "keep me"
+    assert (folder / "config.json").read_text() == "{}"

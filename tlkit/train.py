@@ -31,9 +31,9 @@ from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, 
 from tlkit.predict import class_probabilities
 from tlkit.plots import plot_curves
 from tlkit.files import write_json
-from tlkit.resume import CHECKPOINT_DIR, Checkpoint, EarlyStopping, find_interrupted_run
+from tlkit.resume import CHECKPOINT_DIR, STATE_FILE, Checkpoint, EarlyStopping, find_interrupted_run
 from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                        RUN_FORMAT, load_run, new_run_dir, save_run_model)
+                        RUN_FILES, RUN_FORMAT, load_run, new_run_dir, save_run_model)
 
 log = logging.getLogger("tlkit")
 
@@ -117,11 +117,11 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         config = checkpoint.check_matches(data, index, config, from_run)
         out = Path(run_dir)
     else:
-        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
             if not resume:
                 raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
                                  "or choose another --run-dir")
-            _discard(Path(run_dir), keep_folder=True)  # its checkpoint is unusable (said so): start again there
+            _discard_unfinished_run(Path(run_dir))  # its checkpoint is unusable (said so): start again there
         weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
         existed = run_dir is not None and Path(run_dir).is_dir()
         out = new_run_dir(run_dir, config.train.mode)
@@ -138,6 +138,13 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         raise
     checkpoint.remove()
     return result
+
+
+def _discard_unfinished_run(folder: Path) -> None:
+    """Remove what tlkit wrote into an unfinished run folder (its checkpoint, run files); nothing else."""
+    shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _discard(out: Path, keep_folder: bool) -> None:
