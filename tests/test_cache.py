@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -47,3 +50,27 @@ def test_a_truncated_row_file_is_detected(tmp_path):
         np.testing.assert_array_equal(rows.read(0, 3), np.ones((3, 8)))
         with pytest.raises(OSError, match="truncated"):
             rows.read(2, 4)
+
+
+def test_staging_left_by_a_killed_builder_is_removed_and_a_live_ones_kept(tmp_path):
+    folder = cache_folder(tmp_path, "things", {"a": 1})
+    folder.parent.mkdir(parents=True)
+    dead = folder.parent / f".{folder.name}.999999999.abc"  # no such process
+    live = folder.parent / f".{folder.name}.{os.getpid()}.def"  # a builder still running (this process)
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "all.npy").write_bytes(bytes(1000))
+    with building(folder) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert not dead.exists() and live.exists() and is_built(folder)
+
+
+def test_cache_files_get_the_usual_permissions(tmp_path):
+    """Staging is private while it is built; the finished cache gets the umask's usual modes (shared caches)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = cache_folder(tmp_path, "things", {"a": 1})
+    with building(folder) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask != 0o700
+    assert stat.S_IMODE((folder / "checksums.json").stat().st_mode) == 0o666 & ~umask

@@ -22,14 +22,21 @@ from tlkit.resume import CHECKPOINT_DIR, STATE_FILE
 
 from conftest import COLOURS, make_dataset, write_image
 
-#: Trains with tlkit.train and SIGKILLs its own process after batch BATCH of epoch EPOCH of phase PHASE.
+#: Trains with tlkit.train and SIGKILLs its own process at a point given as ``batch:PHASE:EPOCH:BATCH`` (after
+#: that batch), ``end:PHASE`` (as that phase's fit ends, after early stopping restored its best weights) or
+#: ``state:N`` (in the N-th checkpoint write, after the epoch's arrays are saved, before state.json names them).
 KILLER = """
 import json, os, signal, sys
 import keras, tlkit
 from tlkit.config import config_from_dict
+from tlkit.resume import Checkpoint
 
-data, run_dir, phase, epoch, batch, config = sys.argv[1:]
-target = (int(phase), int(epoch), int(batch))
+data, run_dir, where, config = sys.argv[1:]
+kind, *at = where.split(":")
+at = tuple(int(n) for n in at)
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
 
 class KillAt(keras.callbacks.Callback):
     phase = -1
@@ -38,17 +45,28 @@ class KillAt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
     def on_train_batch_end(self, batch, logs=None):
-        if (self.phase, self.epoch, batch) == target:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "batch" and (self.phase, self.epoch, batch) == at:
+            die()
+    def on_train_end(self, logs=None):
+        if kind == "end" and (self.phase,) == at:
+            die()
+
+write_state, writes = Checkpoint._write_state, []
+def dying_write_state(self):
+    writes.append(1)
+    if kind == "state" and (len(writes),) == at:
+        die()
+    write_state(self)
+Checkpoint._write_state = dying_write_state
 
 tlkit.train(data, config_from_dict(json.loads(config)), run_dir=run_dir, verbose=0, callbacks=[KillAt()])
 """
 
 
-def kill_during_training(data: Path, run_dir: Path, config: tlkit.Config, phase: int, epoch: int, batch: int):
-    """Train in a child process that is SIGKILLed at (phase, epoch, batch); returns the finished process."""
-    process = subprocess.run([sys.executable, "-c", KILLER, str(data), str(run_dir), str(phase), str(epoch),
-                              str(batch), json.dumps(config.to_dict())], capture_output=True, text=True, timeout=300)
+def kill_during_training(data: Path, run_dir: Path, config: tlkit.Config, where: str):
+    """Train in a child process that is SIGKILLed at ``where`` (see KILLER); returns the finished process."""
+    process = subprocess.run([sys.executable, "-c", KILLER, str(data), str(run_dir), where,
+                              json.dumps(config.to_dict())], capture_output=True, text=True, timeout=300)
     assert process.returncode == -9, process.stderr[-3000:]  # killed, not finished or crashed
     return process
 
@@ -73,14 +91,19 @@ def contrary(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("mode, phase, warmup_mode, augment_on, stops_early", [
-    ("finetune", 0, "features", "device", True),   # killed in the head warm-up on cached features
-    ("finetune", 1, "features", "device", False),  # killed while fine-tuning
-    ("finetune", 0, "frozen", "cpu", False),       # killed in a frozen warm-up augmented by ImageDataGenerator
-    ("frozen", 0, "features", "device", True),
+@pytest.mark.parametrize("mode, warmup_mode, augment_on, stops_early, where, phase, done", [
+    # in the head warm-up on cached features, mid-epoch 2
+    ("finetune", "features", "device", True, "batch:0:1:0", 0, 1),
+    ("finetune", "features", "device", False, "batch:1:1:0", 1, 1),  # while fine-tuning
+    ("finetune", "frozen", "cpu", False, "batch:0:1:0", 0, 1),  # in a frozen warm-up augmented on the CPU
+    ("frozen", "features", "device", True, "batch:0:1:0", 0, 1),
+    # after early stopping ended the warm-up, before the phase was recorded as finished
+    ("finetune", "features", "device", True, "end:0", 0, None),
+    # epoch 2's arrays written, state.json still at epoch 1 (write 1 is the start, 2 after epoch 1)
+    ("frozen", "features", "device", False, "state:3", 0, 1),
 ])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, contrary, config, mode, phase, warmup_mode,
-                                                         augment_on, stops_early):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, contrary, config, mode, warmup_mode,
+                                                         augment_on, stops_early, where, phase, done):
     epochs = 6 if stops_early else 3
     config = config.replace(train={"mode": mode, "epochs": epochs, "warmup_epochs": epochs, "patience": 2,
                                    "warmup_mode": warmup_mode, "augment_on": augment_on, "learning_rate": 1e-2})
@@ -89,14 +112,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data, contrary
     if stops_early:  # early stopping ended the phase: its state (wait, best weights) must survive the kill too
         assert whole.metrics["epochs_run"][phase] < epochs
     killed = tmp_path / "killed"
-    kill_during_training(data, killed, config, phase=phase, epoch=1, batch=0)
-    state = json.loads((killed / CHECKPOINT_DIR / STATE_FILE).read_text())
-    assert state["current"]["phase"] == phase and state["current"]["epochs_done"] == 1  # epoch 2 was cut short
-    assert not (killed / "model.keras").exists()
+    kill_during_training(data, killed, config, where)
+    current = json.loads((killed / CHECKPOINT_DIR / STATE_FILE).read_text())["current"]
+    assert current["phase"] == phase and not (killed / "model.keras").exists()
+    if done is None:  # stopped early: every epoch it ran is checkpointed, and so is the decision to stop
+        done = whole.metrics["epochs_run"][phase]
+        assert current["stopped"]
+    assert current["epochs_done"] == done
 
-    resumed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(killed), "--resume", "--quiet"],
+    resumed = CliRunner().invoke(main, ["train", str(data), "--run-dir", str(killed), "--resume"],
                                  catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
+    assert f"resuming phase {phase + 1} after epoch {done}" in resumed.output  # resumed, not started again
+    assert "starts again" not in resumed.output
     assert not (killed / CHECKPOINT_DIR).exists()
     assert_same_training(killed, whole.run_dir)
 
@@ -170,12 +198,21 @@ def interrupted(origin, tmp_path) -> Interrupted:
     return dataclasses.replace(origin, run=Path(shutil.copytree(origin.run, tmp_path / "run")))
 
 
-def test_interrupted_run_keeps_its_checkpoint_and_resumes(interrupted):
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(interrupted, caplog):
     assert "--resume" in interrupted.log  # it said how to continue
     run = interrupted.run
     assert (run / CHECKPOINT_DIR / STATE_FILE).is_file() and not (run / "model.keras").exists()
+    caplog.set_level(logging.INFO, logger="tlkit")
     tlkit.train(interrupted.data, run_dir=run, verbose=0, resume=True)  # settings come from the checkpoint
+    assert "resuming phase 2 after epoch 1" in caplog.text
     assert_same_training(run, interrupted.whole)
+
+
+def test_resume_finds_the_same_files_at_another_path(tmp_path, interrupted):
+    """A preempted job restarting on another machine finds its data copied elsewhere (new paths and times)."""
+    moved = Path(shutil.copytree(interrupted.data, tmp_path / "elsewhere"))  # new mtimes and ctimes too
+    tlkit.train(moved, run_dir=interrupted.run, verbose=0, resume=True)
+    assert_same_training(interrupted.run, interrupted.whole)
 
 
 def test_resume_without_run_dir_takes_the_latest_interrupted_run(tmp_path, interrupted):
@@ -210,15 +247,32 @@ def test_resume_of_a_finished_run_is_refused(interrupted):
     assert result.exit_code == 1 and "has finished" in result.output
 
 
-@pytest.mark.parametrize("damaged", ["epoch", "best", "phase", "state"])
-def test_damaged_checkpoint_files_fall_back_to_an_earlier_point(interrupted, damaged, caplog):
+@pytest.mark.parametrize("damaged", ["epoch", "best", "phase"])
+def test_damaged_checkpoint_arrays_start_their_phase_again(interrupted, damaged, caplog):
     folder = interrupted.run / CHECKPOINT_DIR
-    target = {"epoch": "p1-e1.npz", "best": "p1-best-e1.npz", "phase": "phase-0.npz", "state": STATE_FILE}[damaged]
+    target = {"epoch": "p1-e1.npz", "best": "p1-best-e1.npz", "phase": "phase-0.npz"}[damaged]
     assert (folder / target).is_file(), sorted(p.name for p in folder.iterdir())
     (folder / target).write_bytes((folder / target).read_bytes()[:100])  # truncated
-    tlkit.train(interrupted.data, interrupted.config, run_dir=interrupted.run, verbose=0, resume=True)
-    assert "damaged" in caplog.text or "cannot be used" in caplog.text
-    assert_same_training(interrupted.run, interrupted.whole)  # started that phase (or the run) again: same result
+    tlkit.train(interrupted.data, run_dir=interrupted.run, verbose=0, resume=True)
+    assert f"checkpoint file {folder / target} is missing or damaged; that phase starts again" in caplog.text
+    assert_same_training(interrupted.run, interrupted.whole)  # the phase (or the run) again: the same result
+
+
+def test_a_damaged_checkpoint_state_is_refused_and_said_what_to_do(interrupted):
+    state = interrupted.run / CHECKPOINT_DIR / STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in interrupted.run.rglob("*") if p.is_file()}
+    args = ["train", str(interrupted.data), "--run-dir", str(interrupted.run), "--resume"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert "cannot be used" in refused.output and f"delete {state.parent}" in refused.output
+    assert {p: p.read_bytes() for p in interrupted.run.rglob("*") if p.is_file()} == before  # nothing deleted
+    shutil.rmtree(state.parent)  # as the message says: the run starts again from the beginning
+    again = CliRunner().invoke(main, [*args, *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in {
+        "image_size": 32, "weights": "none", "batch_size": 8, "mode": "finetune", "epochs": 3, "warmup_epochs": 2,
+        "patience": 2, "val_split": 0.3, "cache_dir": interrupted.config.data.cache_dir}.items()), []), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert_same_training(interrupted.run, interrupted.whole)
 
 
 def test_resume_never_clears_a_folder_tlkit_did_not_write(tmp_path, interrupted):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.files import damage, write_checksums
+from tlkit.files import damage, readable_by_all, write_checksums
 
 log = logging.getLogger("tlkit")
 
@@ -66,28 +66,63 @@ def is_built(folder: Path) -> bool:
     problem = damage(folder)
     if problem is not None:
         log.warning("cache %s is damaged (%s); building it again", folder, problem)
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove(folder)
         return False
     return True
 
 
 @contextmanager
 def building(folder: Path) -> Iterator[Path]:
-    """Yield a staging folder beside ``folder``; when the block succeeds it becomes ``folder``, whole."""
+    """Yield a staging folder beside ``folder``; when the block succeeds it becomes ``folder``, whole.
+
+    If another process finished the same cache meanwhile, its folder is kept and ours dropped:
+    a finished cache is only ever replaced when it is damaged. Staging folders left by killed
+    processes are removed first.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    _remove_abandoned(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
     try:
         yield staging
         write_checksums(staging, CACHE_CHECKSUM)
-        if not is_built(folder):  # another process may have finished the same cache first: keep theirs
-            shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder of the same recipe
-            try:
-                os.replace(staging, folder)
-            except OSError:
-                if not is_built(folder):
-                    raise
+        readable_by_all(staging)
+        try:
+            os.rename(staging, folder)  # one step; refused while another process's folder is there
+        except OSError:
+            if is_built(folder):
+                return  # finished first by another process: keep theirs
+            _remove(folder)  # an unfinished folder of the same recipe
+            os.rename(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(folder: Path) -> None:
+    """Move ``folder`` aside in one rename, then delete it: no reader finds it half-deleted."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.removed.", dir=folder.parent))
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        pass  # removed meanwhile by another process
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete the staging folders of ``folder`` left by processes that no longer run (killed mid-build)."""
+    for leftover in folder.parent.glob(f".{folder.name}.*"):
+        pid = leftover.name.split(".")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 class RowFile:

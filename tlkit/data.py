@@ -492,8 +492,10 @@ class Batches(keras.utils.PyDataset):
         seed: Seed of the shuffling.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
 
-    Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, so a run
-    resumed at some epoch sees the batches an uninterrupted run would have seen.
+    Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, ``epoch``
+    counting Keras's ``on_epoch_end`` calls, so a run resumed at some epoch sees the batches an
+    uninterrupted run would have seen. (On TensorFlow, Keras reads a pass ahead before training,
+    so there epoch k draws from ``k + 1``: the same in both runs.)
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,

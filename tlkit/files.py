@@ -24,6 +24,9 @@ CHECKSUMS = "checksums.json"
 #: Digests: ``crc32`` (fast; caches, to catch damage) and ``sha256`` (runs, to catch changes too).
 ALGORITHMS = ("crc32", "sha256")
 _BLOCK = 16 << 20
+#: The process's umask, read once: temporary files are created private, then given the usual mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -36,10 +39,25 @@ def atomic_write(path: str | Path, write) -> None:
         write(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        readable_by_all(Path(temporary))
         os.replace(temporary, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def readable_by_all(path: Path) -> None:
+    """Give a temporary file or folder (created private) the mode an ordinary one would have under the umask."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_json(path: str | Path, value: Any) -> None:

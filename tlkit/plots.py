@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tlkit.runs import atomic_write  # noqa: E402
+from tlkit.files import atomic_write  # noqa: E402
 
 
 def plot_curves(phases: list[dict], path: str | Path) -> None:

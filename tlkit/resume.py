@@ -2,10 +2,11 @@
 
 While a run trains, its folder holds ``checkpoint/``::
 
-    state.json      what the run is (data, dataset and weights fingerprints, config, --from run) and how far it got:
-                    each finished phase's history, and the current phase's epochs, history and
-                    early-stopping state, with the size and CRC-32 of every array file it names
-    phase-N.npz     the variables phase N ended with (the head, or the whole classifier)
+    state.json      what the run is (data, dataset and weights fingerprints, config, --from run) and
+                    how far it got: each finished phase's history, and the current phase's epochs,
+                    history and early-stopping state, with the size and CRC-32 of every array it names
+    phase-N.npz     every variable of the model phase N left (the head, or the whole classifier),
+                    written once per phase
     pN-eM.npz       after epoch M of phase N: every variable of the model being fitted that training
                     can change (trainable weights, random-stream states) and of its optimizer (step
                     count, learning rate, slots); frozen weights are rebuilt, not saved
@@ -29,7 +30,7 @@ import keras
 import numpy as np
 
 from tlkit.backbone import weights_identity
-from tlkit.cache import file_records
+from tlkit.cache import relative_name
 from tlkit.config import Config, DEFAULT_RUNS_DIR, config_from_dict
 from tlkit.data import DatasetIndex
 from tlkit.errors import TlkitError
@@ -47,9 +48,13 @@ MACHINE_SETTINGS = ("workers", "cache_dir")
 
 
 def dataset_fingerprint(index: DatasetIndex) -> str:
-    """A digest of every file of the dataset (name, size, times): it changes when the data does."""
-    records = json.dumps(file_records(index.all_files(), index.root))
-    return hashlib.sha256(records.encode()).hexdigest()
+    """A digest of the dataset's files by name (relative to the dataset) and size.
+
+    Times are left out, so a dataset copied to another disk or machine (a preempted job
+    restarting elsewhere) still matches; a file added, removed, renamed or resized does not.
+    """
+    records = [[relative_name(path, index.root), path.stat().st_size] for path in index.all_files()]
+    return hashlib.sha256(json.dumps(records).encode()).hexdigest()
 
 
 def find_interrupted_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -103,11 +108,11 @@ class Checkpoint:
         """Start the checkpoint of a new run: what it trains on and with (``weights``: their identity)."""
         checkpoint = cls(run_dir, {
             "format": CHECKPOINT_FORMAT,
-            "data": str(Path(data).resolve()),
+            "data": _resolved(data),
             "dataset": dataset_fingerprint(index),
             "weights": weights,  # frozen weights are rebuilt from them, not saved
             "config": config.to_dict(),
-            "from_run": str(from_run) if from_run is not None else None,
+            "from_run": _resolved(from_run),
             "phases": [],
             "current": None,
             "arrays": {},
@@ -118,18 +123,23 @@ class Checkpoint:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Checkpoint | None:
-        """The checkpoint of an interrupted run, or ``None`` if it has none (or an unreadable one, said so)."""
+        """The checkpoint of an interrupted run, or ``None`` if it has none.
+
+        Raises:
+            TlkitError: If its ``state.json`` is damaged or of another version (nothing is deleted:
+                the message says what to delete to start the run again).
+        """
         path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
         if not path.is_file():
             return None
         try:
             state = read_json(path)
             if state.get("format") != CHECKPOINT_FORMAT:
-                raise TlkitError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+                raise TlkitError(f"format {state.get('format')!r}, this tlkit reads {CHECKPOINT_FORMAT}")
             config_from_dict(state["config"])
         except (TlkitError, KeyError, AttributeError) as exc:
-            log.warning("the checkpoint of %s cannot be used (%s); the run starts again", run_dir, exc)
-            return None
+            raise TlkitError(f"the checkpoint of {run_dir} cannot be used ({exc}); to train that run again from "
+                             f"the start, delete {path.parent} (or choose another --run-dir)") from None
         return cls(Path(run_dir), state)
 
     @property
@@ -151,13 +161,14 @@ class Checkpoint:
             TlkitError: Naming what differs.
         """
         run = self.folder.parent
-        if str(Path(data).resolve()) != self.state["data"]:
-            raise TlkitError(f"run {run} was started on {self.state['data']}, not {Path(data).resolve()}")
-        if (str(from_run) if from_run is not None else None) != self.from_run:
+        if _resolved(from_run) != self.from_run:
             raise TlkitError(f"run {run} was started with --from {self.from_run}, not {from_run}")
         if dataset_fingerprint(index) != self.state["dataset"]:
-            raise TlkitError(f"the files of {self.state['data']} changed since run {run} started; "
+            raise TlkitError(f"the files of {Path(data).resolve()} are not those run {run} started on "
+                             f"({self.state['data']}): files were added, removed or changed since; "
                              "start a new run (without --resume)")
+        if _resolved(data) != self.state["data"]:
+            log.info("run %s started on %s; the same files are now in %s", run, self.state["data"], _resolved(data))
         saved = self.config.replace(data={name: getattr(config.data, name) for name in MACHINE_SETTINGS})
         ours, theirs = config.to_dict(), saved.to_dict()
         changed = [f"{name}={theirs[section][name]!r} (not {value!r})" for section, values in ours.items()
@@ -243,6 +254,14 @@ class Checkpoint:
         """Delete the checkpoint (the run is whole)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    @staticmethod
+    def remove_leftover(run_dir: str | Path) -> None:
+        """Delete the checkpoint a finished run still holds (killed between saving its model and this)."""
+        folder = Path(run_dir) / CHECKPOINT_DIR
+        if (folder / STATE_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed the leftover checkpoint of the finished run %s", run_dir)
+
     def _save(self, name: str, values) -> None:
         arrays = [np.asarray(keras.ops.convert_to_numpy(v)) for v in values]
         atomic_write(self.folder / name, lambda tmp: np.savez(tmp, *arrays))
@@ -253,7 +272,7 @@ class Checkpoint:
         path, record = self.folder / name, self.state["arrays"].get(name)
         whole = record is not None and path.is_file() and path.stat().st_size == record[0]
         if not whole or digest(path, "crc32") != record[1]:
-            log.warning("checkpoint file %s is missing or damaged; going back to an earlier point", path)
+            log.warning("checkpoint file %s is missing or damaged; that phase starts again", path)
             return None
         with np.load(path, allow_pickle=False) as stored:
             return [stored[f"arr_{i}"] for i in range(len(stored.files))]
@@ -264,7 +283,7 @@ class Checkpoint:
         if arrays is None:
             return False
         if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
-            log.warning("checkpoint file %s does not fit the model; going back to an earlier point", name)
+            log.warning("checkpoint file %s does not fit the model; that phase starts again", name)
             return False
         for variable, value in zip(variables, arrays):
             variable.assign(value)
@@ -325,6 +344,10 @@ def _with_frozen_part(trainer: keras.Model, trainable: list) -> list:
     """A whole ``get_weights()`` list: ``trainable`` values, and the frozen weights as they are."""
     values = iter(trainable)
     return [next(values) if w.trainable else current for w, current in zip(trainer.weights, trainer.get_weights())]
+
+
+def _resolved(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _float(value) -> float | None:

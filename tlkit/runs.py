@@ -24,7 +24,7 @@ from typing import Any
 
 from tlkit.config import Config, DEFAULT_RUNS_DIR, config_from_dict
 from tlkit.errors import TlkitError
-from tlkit.files import CHECKSUMS, atomic_write, damage, read_json, write_checksums
+from tlkit.files import atomic_write, damage, read_json, write_checksums
 
 #: Bumped when a run folder's layout changes in a way older code cannot read.
 RUN_FORMAT = 2
@@ -35,8 +35,6 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
-#: Every file a whole run holds besides its model (``checksums.json`` lists them all).
-RUN_FILES = (CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE, CHECKSUMS)
 #: Runs are checked against changes, not only damage: SHA-256.
 RUN_CHECKSUM = "sha256"
 

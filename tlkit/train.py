@@ -33,7 +33,7 @@ from tlkit.plots import plot_curves
 from tlkit.files import write_json
 from tlkit.resume import CHECKPOINT_DIR, STATE_FILE, Checkpoint, EarlyStopping, find_interrupted_run
 from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                        RUN_FILES, RUN_FORMAT, load_run, new_run_dir, save_run_model)
+                        RUN_FORMAT, load_run, new_run_dir, save_run_model)
 
 log = logging.getLogger("tlkit")
 
@@ -91,9 +91,10 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     """
     if resume and run_dir is None:
         run_dir = find_interrupted_run()
-    checkpoint = Checkpoint.open(run_dir) if resume else None
     if resume and (Path(run_dir) / MODEL_FILE).exists():
+        Checkpoint.remove_leftover(run_dir)  # killed after the model was saved, before the checkpoint went
         raise TlkitError(f"run {run_dir} has finished; there is nothing to resume")
+    checkpoint = Checkpoint.open(run_dir) if resume else None
     if checkpoint is not None:
         config = config or checkpoint.config
         from_run = from_run if from_run is not None else checkpoint.from_run
@@ -118,10 +119,8 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         out = Path(run_dir)
     else:
         if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
-            if not resume:
-                raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
-                                 "or choose another --run-dir")
-            _discard_unfinished_run(Path(run_dir))  # its checkpoint is unusable (said so): start again there
+            raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
+                             "or choose another --run-dir")
         weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
         existed = run_dir is not None and Path(run_dir).is_dir()
         out = new_run_dir(run_dir, config.train.mode)
@@ -130,7 +129,7 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         with precision_policy(config.train.precision):
             result = _train_into(out, index, config, earlier, verbose, list(callbacks or []), checkpoint)
     except BaseException as exc:
-        if checkpoint.has_progress() and not isinstance(exc, TlkitError):
+        if checkpoint.has_progress():
             log.warning("training stopped (%s); the finished epochs are kept in %s: continue with "
                         "`tlkit train %s --run-dir %s --resume`", type(exc).__name__, out, data, out)
         elif not resumed:
@@ -138,13 +137,6 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         raise
     checkpoint.remove()
     return result
-
-
-def _discard_unfinished_run(folder: Path) -> None:
-    """Remove what tlkit wrote into an unfinished run folder (its checkpoint, run files); nothing else."""
-    shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
-    for name in RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
 
 
 def _discard(out: Path, keep_folder: bool) -> None:
