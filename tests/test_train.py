@@ -111,16 +111,28 @@ def test_existing_run_is_never_overwritten(tmp_path, config):
     assert (tmp_path / "run" / "model.keras").read_text() == "precious"
 
 
+class Fail(keras.callbacks.Callback):
+    """Fails in the first training batch, before any epoch has finished."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise RuntimeError("out of memory, say")
+
+
 def test_failed_training_leaves_no_half_run(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
-    bad = config.replace(train={"mode": "finetune", "unfreeze_from": "block9_conv1"})
-    with pytest.raises(tlkit.TlkitError, match="unknown layer"):
-        tlkit.train(data, bad, run_dir=tmp_path / "run", verbose=0)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0, callbacks=[Fail()])
     assert not (tmp_path / "run").exists()
     (tmp_path / "mine").mkdir()  # an empty folder the user made stays, empty
-    with pytest.raises(tlkit.TlkitError, match="unknown layer"):
-        tlkit.train(data, bad, run_dir=tmp_path / "mine", verbose=0)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tlkit.train(data, config.replace(train={"mode": "frozen"}), run_dir=tmp_path / "mine", verbose=0,
+                    callbacks=[Fail()])
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def test_an_unknown_layer_to_unfreeze_from_is_refused_before_anything_runs():
+    with pytest.raises(tlkit.TlkitError, match="invalid unfreeze_from: 'block9_conv1'; expected a VGG16 layer"):
+        tlkit.Config().replace(train={"unfreeze_from": "block9_conv1"})
 
 
 def test_from_run_fixes_the_split_and_the_head(tmp_path, config):

@@ -27,6 +27,9 @@ WARMUP_MODES = ("features", "frozen")
 AUGMENT_ON = ("device", "cpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
+#: Layers of VGG16's convolutional base that ``unfreeze_from`` may name.
+VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                     for kind in [*(f"conv{n}" for n in range(1, convs + 1)), "pool"])
 #: Learning rate of the head (features, frozen, and the warm-up of finetune).
 HEAD_LEARNING_RATE = 1e-3
 #: Learning rate once the top of the base is unfrozen (finetune).
@@ -167,6 +170,8 @@ class TrainConfig:
         _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
         _check(self.augment_on in AUGMENT_ON, "augment_on", self.augment_on, f"one of {', '.join(AUGMENT_ON)}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
+               f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 
 
 @dataclass(frozen=True)
