@@ -42,9 +42,14 @@ def test_train_each_mode_then_predict_and_evaluate(tmp_path, data, mode):
     assert all({"path", "label", "probability", "top_k"} <= set(row) and len(row["top_k"]) == 2 for row in rows)
     plain = invoke("predict", data / "red" / "red_00.jpg", "--run", tmp_path / "run")
     assert plain.output.startswith(str(data / "red" / "red_00.jpg") + ": ")
-    evaluated = invoke("evaluate", data, "--run", tmp_path / "run", "--json")
+    evaluated = invoke("evaluate", data, "--run", tmp_path / "run", "--json", "--top-losses", "3")
     report = json.loads(evaluated.output)
     assert report["count"] == 10 and set(report["per_class"]) == {"blue", "red"}
+    assert {"macro_avg", "weighted_avg", "confusion_matrix_normalized"} <= set(report)
+    assert len(report["top_losses"]) <= 3
+    text = invoke("evaluate", data, "--run", tmp_path / "run", "--confusion", tmp_path / "c.png", "--quiet")
+    assert "weighted avg" in text.output and "confusion matrix (rows: true" in text.output
+    assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
 def test_config_file_and_flags(tmp_path, data):

@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,59 @@ def test_metrics_match_a_hand_computation():
     assert report["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.3, 0.6])))
     assert report["per_class"]["bee"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
     assert report["per_class"]["ant"]["precision"] == pytest.approx(0.5)
+    np.testing.assert_allclose(report["confusion_matrix_normalized"], [[1 / 2, 1 / 2], [1 / 3, 2 / 3]])
+    ant, bee = report["per_class"]["ant"], report["per_class"]["bee"]
+    for metric in ("precision", "recall", "f1"):
+        assert report["macro_avg"][metric] == pytest.approx((ant[metric] + bee[metric]) / 2)
+        assert report["weighted_avg"][metric] == pytest.approx((2 * ant[metric] + 3 * bee[metric]) / 5)
+
+
+def test_a_class_without_images_keeps_a_zero_row():
+    report = classification_metrics(np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]]), np.array([0, 1]),
+                                    ("a", "b", "c"))
+    assert report["confusion_matrix_normalized"][2] == [0.0, 0.0, 0.0]
+    assert report["weighted_avg"]["recall"] == pytest.approx(1.0)  # c has no support: no weight
+    assert report["macro_avg"]["recall"] == pytest.approx(2 / 3)
+
+
+def test_top_losses_are_the_most_confident_mistakes(tmp_path, trained):
+    """On a folder labelled against the colours, the listed mistakes are real, ranked, and their numbers
+    match a recomputation from the predictions."""
+    data, run = trained
+    swapped = tmp_path / "swapped"
+    for name, other in (("blue", "green"), ("green", "red"), ("red", "blue")):
+        shutil.copytree(data / other, swapped / name)
+    report = tlkit.evaluate(swapped, run=run, mistakes=5)
+    by_path = {p.path: p for p in tlkit.predict([swapped], run=run, top_k=3)}
+    expected_mistakes = sum(by_path[str(path)].label != path.parent.name for path in swapped.rglob("*.jpg"))
+    top = report["top_losses"]
+    assert len(top) == min(5, expected_mistakes) > 0
+    for mistake in top:
+        prediction = by_path[mistake["path"]]
+        probabilities = dict(prediction.top_k)
+        assert mistake["true"] == Path(mistake["path"]).parent.name != mistake["predicted"] == prediction.label
+        assert mistake["probability"] == pytest.approx(prediction.probability, abs=1e-6)
+        assert mistake["loss"] == pytest.approx(-np.log(probabilities[mistake["true"]]), rel=1e-5)
+    assert [m["loss"] for m in top] == sorted((m["loss"] for m in top), reverse=True)
+    losses_of_all_mistakes = sorted((-np.log(dict(p.top_k)[Path(path).parent.name]) for path, p in by_path.items()
+                                     if p.label != Path(path).parent.name), reverse=True)
+    assert [m["loss"] for m in top] == pytest.approx(losses_of_all_mistakes[:len(top)], rel=1e-5)
+
+
+def test_confusion_png_shows_both_matrices(tmp_path):
+    from PIL import Image
+
+    from tlkit.plots import plot_confusion
+
+    plot_confusion([[5, 1], [2, 7]], ["ant", "bee"], tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    assert pixels.shape[1] > 1.8 * pixels.shape[0]  # two square panels side by side
+    left, right = pixels[:, :pixels.shape[1] // 2], pixels[:, pixels.shape[1] // 2:]
+    for panel in (left, right):  # each holds the dark blue of its largest cell and the pale blue of its smallest
+        dark = (panel[..., 0] < 60) & (panel[..., 2] > 90)
+        pale = (panel[..., 0] > 180) & (panel[..., 0] < 240) & (panel[..., 2] > 230)
+        assert dark.mean() > 0.05 and pale.mean() > 0.05
 
 
 def test_evaluate_agrees_with_predict(trained):

@@ -215,23 +215,42 @@ def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bo
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
               help="Which images [default: test if any, else val; all for a plain folder given as DATA].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--top-losses", "mistakes", type=click.IntRange(min=0), default=cfg.TOP_LOSSES, show_default=True,
+              help="How many of the most confident mistakes to list.")
+@click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False),
+              help="Also draw the confusion matrix (counts and row-normalised) into this PNG.")
 @quiet_option
-def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: bool, quiet: bool) -> None:
+def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: bool, mistakes: int,
+             confusion_png: str | None, quiet: bool) -> None:
     """Score a run on labelled images in DATA (default: the run's own data)."""
     _setup_logging(quiet)
     from tlkit.evaluate import evaluate as evaluate_run
 
-    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1)
+    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes)
+    if confusion_png:
+        from tlkit.plots import plot_confusion
+
+        plot_confusion(report["confusion_matrix"], report["class_names"], confusion_png)
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     click.echo(f"{report['data']} [{report['split']}]: {report['count']} images")
     click.echo(f"loss: {report['loss']:.4f}  accuracy: {report['accuracy']:.4f}")
-    width = max(len(name) for name in report["per_class"])
+    width = max(len(name) for name in [*report["per_class"], "weighted avg"])
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
-    for name, row in report["per_class"].items():
+    rows = [*report["per_class"].items(), ("macro avg", {**report["macro_avg"], "support": report["count"]}),
+            ("weighted avg", {**report["weighted_avg"], "support": report["count"]})]
+    for name, row in rows:
         click.echo(f"{name:<{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
                    f"{row['support']:8d}")
+    click.echo("confusion matrix (rows: true, columns: predicted):")
+    for name, counts in zip(report["class_names"], report["confusion_matrix"]):
+        click.echo(f"{name:<{width}}  " + " ".join(f"{n:6d}" for n in counts))
+    if report["top_losses"]:
+        click.echo("most confident mistakes:")
+    for mistake in report["top_losses"]:
+        click.echo(f"  {mistake['path']}: {mistake['true']} taken for {mistake['predicted']} "
+                   f"({mistake['probability']:.4f}, loss {mistake['loss']:.4f})")
 
 
 if __name__ == "__main__":

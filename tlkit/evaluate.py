@@ -1,4 +1,5 @@
-"""Score a saved run on labelled images: loss, accuracy, per-class precision/recall/F1."""
+"""Score a saved run on labelled images: loss, accuracy, confusion matrix, per-class precision/recall/F1,
+and the most confident mistakes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.config import PREDICT_BATCH
+from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data import SPLIT_NAMES, scan
 from tlkit.errors import TlkitError
 from tlkit.predict import iter_probabilities, resolve_run
@@ -27,8 +28,11 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
         class_names: Names of the classes, in index order.
 
     Returns:
-        ``{"count", "loss", "accuracy", "confusion_matrix", "per_class": {name: {...}}}``;
-        the confusion matrix's rows are true classes, its columns predicted ones.
+        ``{"count", "loss", "accuracy", "confusion_matrix", "confusion_matrix_normalized",
+        "per_class": {name: {precision, recall, f1, support}}, "macro_avg", "weighted_avg"}``.
+        The confusion matrix's rows are true classes, its columns predicted ones; the normalised
+        one divides each row by its total (a class with no images keeps a row of zeros). The macro
+        average weighs every class alike, the weighted one by support.
     """
     labels = np.asarray(labels, dtype=np.int64)
     predicted = probabilities.argmax(axis=1)
@@ -43,17 +47,41 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
                            "support": int(support)}
+    totals = confusion.sum(axis=1, keepdims=True)
+    normalized = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    supports = np.array([row["support"] for row in per_class.values()], dtype=np.float64)
+    averages = {}
+    for name, weights in (("macro_avg", np.ones(len(class_names))), ("weighted_avg", supports)):
+        averages[name] = {metric: float(np.average([row[metric] for row in per_class.values()], weights=weights))
+                          if weights.sum() else 0.0 for metric in ("precision", "recall", "f1")}
     return {
         "count": int(len(labels)),
         "loss": float(-np.log(true_probability).mean()),
         "accuracy": float((predicted == labels).mean()),
         "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_normalized": normalized.tolist(),
         "per_class": per_class,
+        **averages,
     }
 
 
+def top_losses(probabilities: np.ndarray, labels: np.ndarray, paths: list, class_names: tuple[str, ...],
+               count: int) -> list[dict]:
+    """The ``count`` most confident mistakes: misclassified images by decreasing loss on their true class.
+
+    Returns:
+        ``[{"path", "true", "predicted", "probability" (of the predicted class), "loss"}, ...]``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    losses = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1 - EPSILON))
+    mistakes = [i for i in np.argsort(-losses, kind="stable") if predicted[i] != labels[i]][:count]
+    return [{"path": str(paths[i]), "true": class_names[labels[i]], "predicted": class_names[predicted[i]],
+             "probability": float(probabilities[i, predicted[i]]), "loss": float(losses[i])} for i in mistakes]
+
+
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
-             batch_size: int = PREDICT_BATCH, verbose: int = 0) -> dict:
+             batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES) -> dict:
     """Score a run on a labelled folder.
 
     Args:
@@ -64,10 +92,12 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
             folder is split as the run was (same seed and fractions).
         batch_size: Images decoded and predicted per step.
         verbose: 0 silent, 1 a progress bar.
+        mistakes: How many of the most confident mistakes to list (:func:`top_losses`).
 
     Returns:
-        :func:`classification_metrics` plus ``data``, ``split``, ``class_names`` and ``skipped`` (the
-        paths left out: entries the scan rejected, and files of the split that could not be decoded).
+        :func:`classification_metrics` plus ``data``, ``split``, ``class_names``, ``top_losses`` and
+        ``skipped`` (the paths left out: entries the scan rejected, and files of the split that could
+        not be decoded).
 
     Raises:
         TlkitError: On a bad folder, run or split, or classes the run does not know.
@@ -101,7 +131,8 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         chunks.append(probabilities)
     if not kept:
         raise TlkitError(f"no readable images in the {split} split of {data} (each was skipped: see the warnings)")
-    report = classification_metrics(np.concatenate(chunks), np.array([label_of[p] for p in kept]),
-                                    run.class_names)
+    probabilities, labels = np.concatenate(chunks), np.array([label_of[p] for p in kept])
+    report = classification_metrics(probabilities, labels, run.class_names)
     skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
-    return {"data": str(data), "split": split, "class_names": list(run.class_names), **report, "skipped": skipped}
+    return {"data": str(data), "split": split, "class_names": list(run.class_names), **report,
+            "top_losses": top_losses(probabilities, labels, kept, run.class_names, mistakes), "skipped": skipped}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,6 +40,37 @@ def plot_curves(phases: list[dict], path: str | Path) -> None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.legend()
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+    plt.close(figure)
+
+
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path: str | Path) -> None:
+    """The confusion matrix twice, side by side: counts, and each row divided by its total.
+
+    Rows are true classes, columns predicted ones; every cell is written in figures too.
+
+    Args:
+        matrix: Counts, ``matrix[true][predicted]``.
+        class_names: Names of the rows and columns.
+        path: The PNG to write (atomically).
+    """
+    counts = np.asarray(matrix, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    side = 3 + 0.5 * len(class_names)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for axis, values, title, form in ((axes[0], counts, "counts", "{:.0f}"),
+                                      (axes[1], normalized, "row-normalised", "{:.2f}")):
+        axis.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
+        for (row, column), value in np.ndenumerate(values):
+            axis.text(column, row, form.format(value), ha="center", va="center",
+                      color="white" if value > values.max() / 2 else "black")
+        axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        axis.set_yticks(range(len(class_names)), class_names)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(f"Confusion matrix, {title}")
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
     plt.close(figure)
