@@ -253,5 +253,19 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
                    f"({mistake['probability']:.4f}, loss {mistake['loss']:.4f})")
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
+@click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=cfg.CURVE_SMOOTHING,
+              show_default=True, help="Factor of the exponential moving average drawn over the raw values.")
+def curves(run_dir: str | None, out: str, smoothing: float) -> None:
+    """Draw a run's learning curves (default: the latest run under runs/), smoothed as you choose."""
+    from tlkit.plots import plot_curves
+    from tlkit.runs import read_history
+
+    plot_curves(read_history(run_dir), out, smoothing)
+    click.echo(f"curves: {out}")
+
+
 if __name__ == "__main__":
     main()

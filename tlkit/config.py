@@ -36,6 +36,8 @@ HEAD_LEARNING_RATE = 1e-3
 FINETUNE_LEARNING_RATE = 1e-5
 #: Images decoded and predicted at a time by ``tlkit predict`` and ``tlkit evaluate``.
 PREDICT_BATCH = 64
+#: Factor of the exponential moving average drawn over learning curves (0: raw values only).
+CURVE_SMOOTHING = 0.6
 #: The most confident mistakes ``tlkit evaluate`` lists.
 TOP_LOSSES = 10
 #: Where ``tlkit train`` puts run folders when ``--run-dir`` is not given.

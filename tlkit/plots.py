@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -11,31 +12,84 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tlkit.config import CURVE_SMOOTHING  # noqa: E402
 from tlkit.files import atomic_write  # noqa: E402
 
 
-def plot_curves(phases: list[dict], path: str | Path) -> None:
+def smooth(values: list[float], factor: float) -> list[float]:
+    """Exponential moving average: ``s[0] = v[0]``, ``s[t] = factor * s[t-1] + (1 - factor) * v[t]``."""
+    smoothed: list[float] = []
+    for value in values:
+        smoothed.append(value if not smoothed else factor * smoothed[-1] + (1 - factor) * value)
+    return smoothed
+
+
+@dataclass
+class Curves:
+    """What :func:`plot_curves` draws, on one epoch axis across phases (epochs counted from 1).
+
+    Attributes:
+        epochs: The x value of every epoch of every phase.
+        series: ``{"accuracy"|"val_accuracy"|"loss"|"val_loss": (raw, smoothed)}`` over ``epochs``.
+        boundaries: x positions between phases.
+        best_epoch: x of the epoch with the lowest validation loss in the last phase (the kept weights
+            when early stopping restored the best epoch).
+    """
+
+    epochs: list[int]
+    series: dict[str, tuple[list[float], list[float]]]
+    boundaries: list[float]
+    best_epoch: int
+
+
+def curves(phases: list[dict], smoothing: float) -> Curves:
+    """The series of a run's ``history.json`` phases, each smoothed within its phase."""
+    epochs, boundaries, series = [], [], {}
+    for phase in phases:
+        history = phase["history"]
+        start = len(epochs)
+        epochs.extend(range(start + 1, start + len(history["loss"]) + 1))
+        for metric in ("accuracy", "val_accuracy", "loss", "val_loss"):
+            raw, smoothed = series.setdefault(metric, ([], []))
+            raw.extend(history[metric])
+            smoothed.extend(smooth(history[metric], smoothing))
+        boundaries.append(len(epochs) + 0.5)
+    last = phases[-1]["history"]["val_loss"]
+    best = len(epochs) - len(last) + int(np.argmin(last)) + 1
+    return Curves(epochs, series, boundaries[:-1], best)
+
+
+def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_SMOOTHING) -> None:
     """Training vs validation accuracy and loss per epoch, every phase on one epoch axis.
+
+    Raw values are drawn faint, their exponential moving average (``smoothing``; 0 draws raw values
+    only) solid; phase boundaries are dotted lines, the best epoch a dashed one.
 
     Args:
         phases: ``[{"name": ..., "history": {"accuracy": [...], "val_accuracy": [...], ...}}, ...]``
             as in a run's ``history.json``.
         path: The PNG to write (atomically).
+        smoothing: The moving average's factor, in [0, 1).
     """
+    drawn = curves(phases, smoothing)
+    names = " then ".join(phase["name"] for phase in phases)
+    cuts = [0, *(int(b) for b in drawn.boundaries), len(drawn.epochs)]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric in zip(axes, ("accuracy", "loss")):
-        offset = 0
-        for number, phase in enumerate(phases):
-            history = phase["history"]
-            epochs = range(offset + 1, offset + len(history.get(metric, [])) + 1)
-            suffix = f" [{phase['name']}]" if len(phases) > 1 else ""
-            axis.plot(epochs, history.get(metric, []), "o", color=f"C{2 * number}", label=f"training{suffix}")
-            axis.plot(epochs, history.get(f"val_{metric}", []), "-", color=f"C{2 * number + 1}",
-                      label=f"validation{suffix}")
-            offset += len(history.get(metric, []))
-            if number < len(phases) - 1:
-                axis.axvline(offset + 0.5, color="grey", linestyle=":")
-        axis.set_title(f"Training and validation {metric}")
+        for colour, (key, label) in enumerate(((metric, "training"), (f"val_{metric}", "validation"))):
+            raw, smoothed = drawn.series[key]
+            label = f"{label} (smoothed {smoothing:g})" if smoothing else label
+            for start, stop in zip(cuts, cuts[1:]):  # each phase its own line: the average restarts there
+                epochs = drawn.epochs[start:stop]
+                if smoothing:
+                    axis.plot(epochs, raw[start:stop], "o-", color=f"C{colour}", alpha=0.3, markersize=3,
+                              linewidth=1)
+                axis.plot(epochs, smoothed[start:stop], "-", color=f"C{colour}", linewidth=2,
+                          label=label if start == 0 else None)
+        for boundary in drawn.boundaries:
+            axis.axvline(boundary, color="grey", linestyle=":")
+        axis.axvline(drawn.best_epoch, color="C2", linestyle="--", label=f"best epoch ({drawn.best_epoch})")
+        axis.set_title(f"{metric.capitalize()}: {names}")
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)

@@ -117,6 +117,23 @@ def find_latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns).parent
 
 
+def read_history(path: str | Path | None = None) -> list[dict]:
+    """The phases of a run's ``history.json`` (``None``: the latest run under ``runs/``), checked whole.
+
+    Raises:
+        TlkitError: If the folder is not a run, or its files are damaged.
+    """
+    path = find_latest_run() if path is None else Path(path)
+    if not path.is_dir():
+        raise TlkitError(f"run folder not found: {path}")
+    if not (path / MODEL_FILE).is_file():
+        raise TlkitError(f"{path} is not a tlkit run folder (no {MODEL_FILE})")
+    problem = damage(path)
+    if problem is not None:
+        raise TlkitError(f"run {path} is damaged or was modified ({problem})")
+    return read_json(path / HISTORY_FILE)
+
+
 def load_run(path: str | Path) -> Run:
     """Load a run folder written by :func:`tlkit.train` (safely: no code runs from the model file).
 
