@@ -188,3 +188,19 @@ def test_augmentation_runs_where_asked_and_never_stays_in_the_model(tmp_path, co
         assert (len(calls) > 0) == (where == "cpu")  # the classic ImageDataGenerator ran only when asked
         saved = keras.models.load_model(tmp_path / where / "model.keras")
         assert not any(isinstance(layer, tlkit.augment.RandomAffine) for layer in saved._flatten_layers())
+
+
+def test_class_weights_balance_the_classes_and_reach_the_loss(tmp_path, config):
+    from tlkit.data import Batches
+    from tlkit.train import class_weights, row_weights
+
+    labels = np.array([0, 0, 0, 1])
+    np.testing.assert_allclose(class_weights(labels, 2, "auto"), [4 / 6, 4 / 2])  # each class weighs 2 in all
+    assert class_weights(labels, 2, "none") is None
+    batch = Batches(np.zeros((4, 1)), labels, 4, weights=row_weights(labels, 2, "auto"))[0]
+    assert len(batch) == 3 and batch[2].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2])
+    data = make_dataset(tmp_path / "d", per_class=4)
+    for mode in ("features", "frozen"):
+        result = tlkit.train(data, config.replace(train={"mode": mode, "class_weight": "auto"}),
+                             run_dir=tmp_path / mode, verbose=0)
+        assert result.metrics["class_weight"] == {"blue": pytest.approx(1.0), "red": pytest.approx(1.0)}

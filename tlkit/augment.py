@@ -88,19 +88,20 @@ class AugmentedBatches(Batches):
         config: Augmentation ranges.
         seed: Seed of the shuffling and of the transforms.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
+        weights: A sample weight per row, given with each batch.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int, epoch: int = 0) -> None:
+                 seed: int, epoch: int = 0, weights: np.ndarray | None = None) -> None:
         # one worker: each epoch's transforms come from one random stream, drawn in batch order
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch)
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights)
         self.config = config
 
     def __getitem__(self, index: int):
         rows = self.rows(index)
         batch = self.images[rows]
         params = sample_transforms(self.rng, len(rows), self.config, batch.shape[1])
-        return augment_batch(batch, params, self.config), self.labels[rows]
+        return self.pack(rows, augment_batch(batch, params, self.config))
 
 
 def affine_matrices(params: dict, image_size: int):

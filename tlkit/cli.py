@@ -50,10 +50,11 @@ OPTION_HELP = {
     "patience": "Epochs without a better val_loss before stopping; 0: never stop early.",
     "augment_on": "Augment inside the training step (device) or with the classic ImageDataGenerator (cpu).",
     "precision": "Compute precision; mixed types keep the output layer float32.",
+    "class_weight": "auto: weigh each class inversely to its number of training images (imbalanced data).",
 }
 CHOICES = {"mode": cfg.MODES, "optimizer": cfg.OPTIMIZERS, "pooling": cfg.POOLINGS,
            "fill_mode": cfg.FILL_MODES, "warmup_mode": cfg.WARMUP_MODES, "augment_on": cfg.AUGMENT_ON,
-           "precision": cfg.PRECISIONS}
+           "precision": cfg.PRECISIONS, "class_weight": cfg.CLASS_WEIGHTS}
 EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision")
 
 

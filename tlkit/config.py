@@ -26,6 +26,7 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 WARMUP_MODES = ("features", "frozen")
 AUGMENT_ON = ("device", "cpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CLASS_WEIGHTS = ("none", "auto")
 
 #: Layers of VGG16's convolutional base that ``unfreeze_from`` may name.
 VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
@@ -139,6 +140,9 @@ class TrainConfig:
             accelerator) or ``cpu`` (the classic ImageDataGenerator, for comparison).
         precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16`` (the output
             layer stays float32).
+        class_weight: ``none``, or ``auto``: each training image weighs
+            ``images / (classes * images of its class)`` in the loss, so every class
+            counts alike however few images it has.
     """
 
     mode: str = "features"
@@ -157,6 +161,7 @@ class TrainConfig:
     patience: int = 5
     augment_on: str = "device"
     precision: str = "float32"
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
@@ -174,6 +179,8 @@ class TrainConfig:
         _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
         _check(self.augment_on in AUGMENT_ON, "augment_on", self.augment_on, f"one of {', '.join(AUGMENT_ON)}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(self.class_weight in CLASS_WEIGHTS, "class_weight", self.class_weight,
+               f"one of {', '.join(CLASS_WEIGHTS)}")
         _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
                f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 

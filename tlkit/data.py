@@ -491,6 +491,7 @@ class Batches(keras.utils.PyDataset):
         shuffle: Visit rows in a new random order every epoch (rows of a batch are read in order).
         seed: Seed of the shuffling.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
+        weights: A sample weight per row (class weights), given with each batch; none if omitted.
 
     Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, ``epoch``
     counting Keras's ``on_epoch_end`` calls, so a run resumed at some epoch sees the batches an
@@ -499,9 +500,10 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, **kwargs) -> None:
+                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle, self.seed = images, labels, batch_size, shuffle, seed
+        self.weights = weights
         self.begin_epoch(epoch)
 
     def begin_epoch(self, epoch: int) -> None:
@@ -519,7 +521,13 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self.rows(index)
-        return self.images[rows], self.labels[rows]
+        return self.pack(rows, self.images[rows])
+
+    def pack(self, rows: np.ndarray, images: np.ndarray) -> tuple:
+        """A batch of ``images``: ``(images, labels)``, plus the rows' sample weights when there are any."""
+        if self.weights is None:
+            return images, self.labels[rows]
+        return images, self.labels[rows], self.weights[rows]
 
     def on_epoch_end(self) -> None:
         self.begin_epoch(self.epoch + 1)

@@ -196,6 +196,8 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
                         index.class_names, settings.batch_size)
     metrics = _final_metrics(score, index, phases, skipped, restored_best=settings.patience > 0)
+    weights = class_weights(index.labels["train"], classes, settings.class_weight)
+    metrics["class_weight"] = None if weights is None else dict(zip(index.class_names, map(float, weights)))
     _write_run(out, model, index, config, phases, metrics, earlier)
     log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
     return TrainResult(model, index.class_names, phases, metrics, out, config)
@@ -228,9 +230,11 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, c
     head = build_head(x_train.shape[1:], classes, config.train, config.data.seed)
     compile_model(head, classes, config.train.optimizer, config.train.learning_rate)
 
+    weights = row_weights(y_train, classes, config.train.class_weight)
+
     def batches(epoch: int) -> Batches:
         return Batches(x_train, targets(y_train, classes), config.train.batch_size, shuffle=True,
-                       seed=config.data.seed, epoch=epoch)
+                       seed=config.data.seed, epoch=epoch, weights=weights)
 
     history = _fit_phase(head, head, batches, (x_val, targets(y_val, classes)), epochs, config, verbose, callbacks,
                          checkpoint, 0, name)
@@ -248,6 +252,7 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
     """
     train, val = splits["train"], splits["val"]
     labels = targets(train.labels, classes)
+    weights = row_weights(train.labels, classes, config.train.class_weight)
     seed = config.data.seed + phase  # each phase its own order and augmentations
     if config.train.augment_on == "device":
         inputs = keras.Input(shape=model.input_shape[1:], name="image")
@@ -256,17 +261,31 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
 
         def batches(epoch: int) -> Batches:  # reading a batch is a memory copy: threads read ahead
             return Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                           workers=min(PREFETCH_THREADS, config.data.workers))
+                           weights=weights, workers=min(PREFETCH_THREADS, config.data.workers))
     else:
         trainer = model
 
         def batches(epoch: int) -> Batches:
             return AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed,
-                                    epoch=epoch)
+                                    epoch=epoch, weights=weights)
     compile_model(trainer, classes, config.train.optimizer, learning_rate)
     validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
     return _fit_phase(trainer, model, batches, validation, epochs, config, verbose, callbacks, checkpoint, phase,
                       name)
+
+
+def class_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:
+    """Per class, the weight of its images in the loss: ``auto`` gives ``images / (classes * images of
+    the class)`` (every class then weighs the same in total), ``none`` gives ``None`` (all weigh 1)."""
+    if mode == "none":
+        return None
+    return len(labels) / (classes * np.bincount(labels, minlength=classes))
+
+
+def row_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:
+    """The sample weight of each training image under :func:`class_weights`."""
+    weights = class_weights(labels, classes, mode)
+    return None if weights is None else weights[labels].astype("float32")
 
 
 def _fit_phase(trainer: keras.Model, subject: keras.Model, batches, validation, epochs: int, config: Config,
