@@ -117,34 +117,13 @@ def find_latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns).parent
 
 
-def read_history(path: str | Path | None = None) -> list[dict]:
-    """The phases of a run's ``history.json`` (``None``: the latest run under ``runs/``), checked whole.
+def checked_run(path: str | Path) -> tuple[Path, dict]:
+    """A run folder and its ``config.json`` record, once it is found whole: a run, of this format,
+    every file matching its checksum.
 
     Raises:
-        TlkitError: If the folder is not a run, or its files are damaged.
+        TlkitError: Saying which of these it is not.
     """
-    path = find_latest_run() if path is None else Path(path)
-    if not path.is_dir():
-        raise TlkitError(f"run folder not found: {path}")
-    if not (path / MODEL_FILE).is_file():
-        raise TlkitError(f"{path} is not a tlkit run folder (no {MODEL_FILE})")
-    problem = damage(path)
-    if problem is not None:
-        raise TlkitError(f"run {path} is damaged or was modified ({problem})")
-    return read_json(path / HISTORY_FILE)
-
-
-def load_run(path: str | Path) -> Run:
-    """Load a run folder written by :func:`tlkit.train` (safely: no code runs from the model file).
-
-    Raises:
-        TlkitError: If the folder is missing, incomplete, from an incompatible
-            version, or its model cannot be loaded.
-    """
-    import keras
-
-    import tlkit.backbone  # noqa: F401  registers VGGPreprocess for deserialisation
-
     path = Path(path)
     if not path.is_dir():
         raise TlkitError(f"run folder not found: {path}")
@@ -158,6 +137,31 @@ def load_run(path: str | Path) -> Run:
     if problem is not None:
         raise TlkitError(f"run {path} is damaged or was modified ({problem}); it is not loaded: retrain it "
                          "or restore the folder from a copy")
+    return path, record
+
+
+def read_history(path: str | Path | None = None) -> list[dict]:
+    """The phases of a run's ``history.json`` (``None``: the latest run under ``runs/``), checked whole.
+
+    Raises:
+        TlkitError: If the folder is not a whole run of this format.
+    """
+    path, _ = checked_run(find_latest_run() if path is None else path)
+    return read_json(path / HISTORY_FILE)
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run folder written by :func:`tlkit.train` (safely: no code runs from the model file).
+
+    Raises:
+        TlkitError: If the folder is missing, incomplete, from an incompatible
+            version, damaged or modified, or its model cannot be loaded.
+    """
+    import keras
+
+    import tlkit.backbone  # noqa: F401  registers VGGPreprocess for deserialisation
+
+    path, record = checked_run(path)
     class_names = tuple(read_json(path / CLASSES_FILE))
     try:
         model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)

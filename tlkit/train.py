@@ -196,7 +196,9 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
                         index.class_names, settings.batch_size)
     metrics = _final_metrics(score, index, phases, skipped, restored_best=settings.patience > 0)
-    weights = class_weights(index.labels["train"], classes, settings.class_weight)
+    trained_on = np.array([label for path, label in zip(index.files["train"], index.labels["train"])
+                           if str(path) not in skipped])  # the readable images, as the fits weighed them
+    weights = class_weights(trained_on, classes, settings.class_weight)
     metrics["class_weight"] = None if weights is None else dict(zip(index.class_names, map(float, weights)))
     _write_run(out, model, index, config, phases, metrics, earlier)
     log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
