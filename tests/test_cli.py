@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,7 +47,11 @@ def test_train_each_mode_then_predict_and_evaluate(tmp_path, data, mode):
     report = json.loads(evaluated.output)
     assert report["count"] == 10 and set(report["per_class"]) == {"blue", "red"}
     assert {"macro_avg", "weighted_avg", "confusion_matrix_normalized"} <= set(report)
-    assert len(report["top_losses"]) <= 3
+    everything = json.loads(invoke("predict", data, "--run", tmp_path / "run", "--json").output)
+    labels = {row["path"]: row["label"] for row in everything}
+    mistakes = sum(label != Path(path).parent.name for path, label in labels.items())
+    assert len(report["top_losses"]) == min(3, mistakes)
+    assert report["accuracy"] == pytest.approx(1 - mistakes / 10)
     text = invoke("evaluate", data, "--run", tmp_path / "run", "--confusion", tmp_path / "c.png", "--quiet")
     assert "weighted avg" in text.output and "confusion matrix (rows: true" in text.output
     assert (tmp_path / "c.png").stat().st_size > 10_000
@@ -70,31 +75,20 @@ def test_config_file_and_flags(tmp_path, data):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "{tmp}/missing"], "dataset folder not found"),
-    (["train", "{data}", "--epochs", "-2"], "invalid epochs"),
-    (["train", "{data}", "--image-size", "0"], "invalid image_size"),
-    (["train", "{data}", "--weights", "{tmp}/no.h5"], "weights file not found"),
     (["train", "{data}", "--config", "{tmp}/none.json"], "config file not found"),
     (["extract", "{data}/blue/blue_00.jpg"], "not a folder"),
-    (["predict", "{tmp}/nope.jpg", "--run", "{tmp}"], "not a tlkit run folder"),
     (["predict", "{tmp}/nope.jpg", "--run", "{tmp}/norun"], "run folder not found"),
     (["evaluate", "{data}", "--run", "{tmp}/norun"], "run folder not found"),
     (["predict", "{data}/red"], "no runs found"),
     (["predict", "{data}/red", "--json", "--run", "{tmp}/norun"], "run folder not found"),
     (["train", "{data}", "--seed", "-1"], "invalid seed"),
     (["train", "{data}", "--val-split", "0", "--weights", "none"], "no validation images"),
-    (["train", "{data}", "--val-split", "1.5"], "invalid val_split"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, data, args, message):
     result = invoke(*[a.format(tmp=tmp_path, data=data) for a in args])
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
-
-
-def test_unknown_choice_is_a_usage_error(data):
-    result = invoke("train", data, "--mode", "sideways")
-    assert result.exit_code == 2 and "sideways" in result.output
 
 
 def test_predict_on_missing_file_with_a_run(tmp_path, data):
@@ -108,14 +102,3 @@ def test_predict_on_missing_file_with_a_run(tmp_path, data):
     assert mixed.exit_code == 0
     assert [row["path"] for row in json.loads(mixed.stdout)] == [str(tmp_path / "ok.jpg")]
     assert "skipped" in mixed.stderr and "bad.jpg" in mixed.stderr
-
-
-def test_predict_with_no_readable_image_is_an_error(tmp_path, data):
-    assert invoke("train", data, "--epochs", "1", *FAST, "--run-dir", tmp_path / "run").exit_code == 0
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "a.jpg").write_bytes(b"")
-    (tmp_path / "junk" / "notes.txt").write_text("hello")
-    for extra in ([], ["--json"]):
-        result = CliRunner().invoke(main, ["predict", str(tmp_path / "junk"), "--run", str(tmp_path / "run"), *extra])
-        assert result.exit_code == 1 and result.stdout == ""
-        assert "none of the 2 file(s) given is a readable image" in result.stderr

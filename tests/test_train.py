@@ -7,7 +7,7 @@ import pytest
 import tlkit
 import tlkit.backbone
 import tlkit.model
-from tlkit.data import load_split
+from tlkit.data import load_split, scan
 from tlkit.features import extract
 
 from conftest import make_dataset
@@ -31,6 +31,11 @@ def test_features_mode_writes_a_whole_run(tmp_path, config):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == {"train": 12, "val": 6} and metrics["skipped"] == {}
     assert 0 <= metrics["val_accuracy"] <= 1 and metrics["best_epoch"] >= 1
+    keras.utils.set_random_seed(config.data.seed)
+    untrained = tlkit.model.build_head(result.model.get_layer("head").input_shape[1:], 3, config.train,
+                                       config.data.seed)
+    trained = result.model.get_layer("head").get_layer("hidden").get_weights()[0]
+    assert not np.allclose(trained, untrained.get_layer("hidden").get_weights()[0])  # the head was fitted
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["provenance"]["data_dir"] == str(data.resolve())
@@ -93,6 +98,10 @@ def test_finetune_warms_up_then_finetunes(tmp_path, config, warmup):
     base = result.model.get_layer("vgg16")
     trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
     assert trainable[0] == "block4_conv1" and "block3_conv3" not in trainable
+    initial = tlkit.backbone.build_base("none", 32, config.data.seed)  # the same seed: the same initial base
+    kernel = {name: initial.get_layer(name).get_weights()[0] for name in ("block3_conv3", "block4_conv1")}
+    np.testing.assert_array_equal(_weights(result.model, "block3_conv3")[0], kernel["block3_conv3"])
+    assert not np.allclose(_weights(result.model, "block4_conv1")[0], kernel["block4_conv1"])
 
 
 def test_presplit_test_split_is_scored(tmp_path, config):
@@ -199,8 +208,16 @@ def test_class_weights_balance_the_classes_and_reach_the_loss(tmp_path, config):
     assert class_weights(labels, 2, "none") is None
     batch = Batches(np.zeros((4, 1)), labels, 4, weights=row_weights(labels, 2, "auto"))[0]
     assert len(batch) == 3 and batch[2].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2])
-    data = make_dataset(tmp_path / "d", per_class=4)
+    data = make_dataset(tmp_path / "d", per_class=12)
+    for extra in range(8):  # 8 of the 12 red images removed: about 3 red to 8 blue in training
+        (data / "red" / f"red_{extra:02d}.jpg").unlink()
     for mode in ("features", "frozen"):
-        result = tlkit.train(data, config.replace(train={"mode": mode, "class_weight": "auto"}),
-                             run_dir=tmp_path / mode, verbose=0)
-        assert result.metrics["class_weight"] == {"blue": pytest.approx(1.0), "red": pytest.approx(1.0)}
+        losses = {}
+        for weighting in ("none", "auto"):
+            result = tlkit.train(data, config.replace(train={"mode": mode, "class_weight": weighting}),
+                                 run_dir=tmp_path / f"{mode}-{weighting}", verbose=0)
+            losses[weighting] = result.history[0]["history"]["loss"][0]
+        train_counts = np.bincount(load_split(scan(data, config.data), "train", config.data).labels)
+        expected = {name: sum(train_counts) / (2 * count) for name, count in zip(("blue", "red"), train_counts)}
+        assert result.metrics["class_weight"] == pytest.approx(expected)
+        assert losses["auto"] != pytest.approx(losses["none"], rel=1e-4)  # the weights reach the loss
