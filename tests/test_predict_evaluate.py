@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tlkit
+from tlkit.augment import tta_views, view_images
 from tlkit.evaluate import classification_metrics
 from tlkit.predict import class_probabilities
 
@@ -192,3 +193,58 @@ def test_evaluate_refuses_unknown_classes_and_splits(tmp_path, trained):
         tlkit.evaluate(other, run=run)
     with pytest.raises(tlkit.TlkitError, match="no val split|no test split"):
         tlkit.evaluate(make_dataset(tmp_path / "s", per_class=2, splits=["train", "val"]), run=run, split="test")
+
+
+def test_tta_views_mirror_then_shift_by_whole_pixels():
+    images = np.random.default_rng(0).integers(0, 256, (2, 20, 20, 3)).astype(np.uint8)
+    views = tta_views(18)
+    assert views[0] == (0.0, 0.0, False) and view_images(images, views[0], "nearest") is images
+    assert np.array_equal(view_images(images, views[1], "nearest"), images[:, :, ::-1])
+    assert len(set(views)) == 18 and all(abs(dx) <= 0.1 and abs(dy) <= 0.1 for dx, dy, _ in views)
+    right = view_images(images, (0.1, 0.0, False), "nearest")  # 2 pixels of 20: content moves left
+    assert np.array_equal(right[:, :, :-2], images[:, :, 2:])
+    assert np.array_equal(right[:, :, -2:], np.repeat(images[:, :, -1:], 2, axis=2))  # nearest fill
+    down = view_images(images, (0.0, 0.1, True), "constant")
+    assert np.array_equal(down[:, :-2], images[:, 2:, ::-1]) and not down[:, -2:].any()
+    for count in (0, 19):
+        with pytest.raises(tlkit.TlkitError, match="invalid tta"):
+            tta_views(count)
+
+
+def test_tta_averages_the_views(tmp_path, trained):
+    """--tta 2 is the mean of the image's and its mirror image's probabilities; 1 is plain prediction."""
+    data, run_dir = trained
+    run = tlkit.load_run(run_dir)
+    files = sorted((data / "red").glob("*.jpg"))[:3]
+    pixels = np.stack([tlkit.decode_image(path, 32) for path in files])
+    plain = class_probabilities(run.model, pixels)
+    mirrored = class_probabilities(run.model, pixels[:, :, ::-1])
+    assert not np.allclose(plain, mirrored)  # noisy images: the views differ
+    for tta, expected in ((1, plain), (2, (plain + mirrored) / 2)):
+        predictions = tlkit.predict(files, run=run, top_k=3, tta=tta)
+        got = np.array([[dict(p.top_k)[name] for name in run.class_names] for p in predictions])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    report = tlkit.evaluate(run=run, tta=3)
+    assert report["tta"] == 3 and report["count"] == 3
+    assert tlkit.evaluate(run=run)["tta"] == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_cli_tta(trained, command):
+    from click.testing import CliRunner
+
+    from tlkit.cli import main
+
+    data, run = trained
+    target = [str(data / "red")] if command == "predict" else []
+    good = CliRunner().invoke(main, [command, *target, "--run", str(run), "--tta", "4", "--json", "-q"])
+    assert good.exit_code == 0, good.output
+    if command == "evaluate":
+        assert json.loads(good.output)["tta"] == 4
+    else:
+        expected = tlkit.predict([data / "red"], run=run, tta=4)
+        assert [row["probability"] for row in json.loads(good.output)] == pytest.approx(
+            [p.probability for p in expected], abs=1e-6)
+    bad = CliRunner().invoke(main, [command, *target, "--run", str(run), "--tta", "19"])
+    assert bad.exit_code == 1 and bad.output.strip() == "Error: invalid tta: 19; expected an integer from 1 " \
+                                                       "(no augmentation) to 18"

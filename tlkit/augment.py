@@ -13,6 +13,9 @@ image, as ImageDataGenerator does:
 - ``cpu``: :class:`AugmentedBatches`, a ``PyDataset`` that samples with numpy
   (:func:`sample_transforms`) and applies ImageDataGenerator's own ``apply_transform``
   (scipy, one image at a time): the classic pipeline, kept for comparison and parity.
+
+Test-time augmentation (``--tta``) uses fixed views instead (:func:`tta_views`): the image,
+its mirror image, then small shifts, warped with the same ``affine_transform``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlkit.config import AugmentConfig
+from tlkit.config import TTA_SHIFT, AugmentConfig
 from tlkit.data import Batches
+from tlkit.errors import TlkitError
 
 
 def sample_transforms(rng: np.random.Generator, count: int, config: AugmentConfig, image_size: int) -> dict:
@@ -184,3 +188,37 @@ class RandomAffine(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), **vars(self.config), "seed": self.seed}
+
+
+#: Directions of the shifted test-time views: right, left, down, up, then the diagonals.
+_TTA_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
+#: Every test-time view, in order: ``(x shift, y shift, mirrored)``, shifts in fractions of the side.
+TTA_VIEWS = ((0.0, 0.0, False), (0.0, 0.0, True),
+             *((dx * TTA_SHIFT, dy * TTA_SHIFT, mirrored) for dx, dy in _TTA_DIRECTIONS for mirrored in (False, True)))
+
+
+def tta_views(count: int) -> tuple[tuple[float, float, bool], ...]:
+    """The first ``count`` of :data:`TTA_VIEWS`: the image itself, its mirror image, then shifts by
+    :data:`~tlkit.config.TTA_SHIFT` of the side in eight directions, plain then mirrored.
+
+    Raises:
+        TlkitError: If ``count`` is not between 1 and ``len(TTA_VIEWS)``.
+    """
+    if not 1 <= count <= len(TTA_VIEWS):
+        raise TlkitError(f"invalid tta: {count!r}; expected an integer from 1 (no augmentation) to {len(TTA_VIEWS)}")
+    return TTA_VIEWS[:count]
+
+
+def view_images(images: np.ndarray, view: tuple[float, float, bool], fill_mode: str) -> np.ndarray:
+    """``images`` (``(n, size, size, 3)``) as one test-time view sees them: shifted by whole pixels,
+    mirrored, the uncovered border filled by ``fill_mode``; the plain view returns ``images`` as given."""
+    dx, dy, mirrored = view
+    if (dx, dy, mirrored) == (0.0, 0.0, False):
+        return images
+    count, size = len(images), images.shape[1]
+    params = {"theta": np.zeros(count), "shear": np.zeros(count), "zx": np.ones(count), "zy": np.ones(count),
+              "tx": np.full(count, round(dx * size)), "ty": np.full(count, round(dy * size)),
+              "flip_horizontal": np.full(count, mirrored)}
+    warped = ops.image.affine_transform(ops.convert_to_tensor(images, "float32"), affine_matrices(params, size),
+                                        interpolation="bilinear", fill_mode=fill_mode, fill_value=0.0)
+    return ops.convert_to_numpy(warped)

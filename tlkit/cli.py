@@ -129,6 +129,10 @@ def _setup_logging(quiet: bool) -> None:
 config_file_option = click.option("--config", "config_file", type=click.Path(dir_okay=False),
                                   help="JSON or TOML file of options (a run's config.json reproduces it).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+run_option = click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+tta_option = click.option("--tta", type=click.IntRange(min=1), default=1, show_default=True,
+                          help="Average the probabilities of this many views of each image: itself, mirrored, "
+                               "then shifted (up to 18; 1: the image alone).")
 
 
 @click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,20 +188,21 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+@run_option
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of predictions.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=cfg.PREDICT_BATCH, show_default=True,
               help="Images decoded and predicted at a time (memory does not grow with the number of images).")
+@tta_option
 @quiet_option
-def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int,
+def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int, tta: int,
             quiet: bool) -> None:
     """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
     _setup_logging(quiet)
     from tlkit.predict import iter_predictions
 
     # bad paths and runs fail here, before any output
-    predictions = iter_predictions(list(paths), run_dir, top_k, batch_size)
+    predictions = iter_predictions(list(paths), run_dir, top_k, batch_size, tta)
     first = True
     for prediction in predictions:  # printed as they come: an interrupted run keeps what it printed
         if as_json:
@@ -212,7 +217,7 @@ def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bo
 
 @main.command()
 @click.argument("data", required=False, type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+@run_option
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
               help="Which images [default: test if any, else val; all for a plain folder given as DATA].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -220,14 +225,15 @@ def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bo
               help="How many of the most confident mistakes to list.")
 @click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False),
               help="Also draw the confusion matrix (counts and row-normalised) into this PNG.")
+@tta_option
 @quiet_option
 def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: bool, mistakes: int,
-             confusion_png: str | None, quiet: bool) -> None:
+             confusion_png: str | None, tta: int, quiet: bool) -> None:
     """Score a run on labelled images in DATA (default: the run's own data)."""
     _setup_logging(quiet)
     from tlkit.evaluate import evaluate as evaluate_run
 
-    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes)
+    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
     if confusion_png:
         from tlkit.plots import plot_confusion
 
@@ -235,7 +241,8 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
-    click.echo(f"{report['data']} [{report['split']}]: {report['count']} images")
+    views = f", {report['tta']} views each" if report["tta"] > 1 else ""
+    click.echo(f"{report['data']} [{report['split']}]: {report['count']} images{views}")
     click.echo(f"loss: {report['loss']:.4f}  accuracy: {report['accuracy']:.4f}")
     width = max(len(name) for name in [*report["per_class"], "weighted avg"])
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
@@ -266,6 +273,25 @@ def curves(run_dir: str | None, out: str, smoothing: float) -> None:
 
     plot_curves(read_history(run_dir), out, smoothing)
     click.echo(f"curves: {out}")
+
+
+@main.command()
+@click.argument("image", type=click.Path())
+@run_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write: the heatmap over the image.")
+@click.option("--class", "class_name", help="Class whose evidence is shown [default: the predicted one].")
+@click.option("--opacity", type=click.FloatRange(0, 1), default=cfg.CAM_OPACITY, show_default=True,
+              help="Opacity of the heatmap over the image.")
+@quiet_option
+def explain(image: str, run_dir: str | None, out: str, class_name: str | None, opacity: float, quiet: bool) -> None:
+    """Grad-CAM: draw where in IMAGE the run's classifier sees the evidence for a class."""
+    _setup_logging(quiet)
+    from tlkit.explain import explain as explain_image, write_overlay
+
+    explanation = explain_image(image, run_dir, class_name)
+    write_overlay(explanation, out, opacity)
+    click.echo(f"{out}: evidence for {explanation.class_name} (probability {explanation.probability:.4f}; "
+               f"predicted: {explanation.predicted})")
 
 
 if __name__ == "__main__":

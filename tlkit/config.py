@@ -39,8 +39,16 @@ FINETUNE_LEARNING_RATE = 1e-5
 PREDICT_BATCH = 64
 #: Factor of the exponential moving average drawn over learning curves (0: raw values only).
 CURVE_SMOOTHING = 0.6
+#: Shift of the shifted test-time augmentation views (``--tta``), as a fraction of the image side.
+TTA_SHIFT = 0.1
+#: Opacity of a Grad-CAM heatmap drawn over its image (0: the image alone, 1: the heatmap alone).
+CAM_OPACITY = 0.4
 #: The most confident mistakes ``tlkit evaluate`` lists.
 TOP_LOSSES = 10
+#: Folds of ``tlkit cv``: each is held out once per repeat while a head trains on the others.
+CV_FOLDS = 5
+#: Times ``tlkit cv`` deals its folds, shuffled anew each time (1: plain K-fold).
+CV_REPEATS = 1
 #: Where ``tlkit train`` puts run folders when ``--run-dir`` is not given.
 DEFAULT_RUNS_DIR = "runs"
 #: Environment variable that replaces the default ``weights="imagenet"``.

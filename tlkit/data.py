@@ -330,13 +330,26 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
             (read at each call); nothing of it is decoded.
         OSError: If the file cannot be read or decoded (PIL's errors included).
     """
+    rgb = read_rgb(path, draft=image_size)
+    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
+    """An image file as an 8-bit RGB Pillow image, as :func:`decode_image` sees it before resizing.
+
+    Args:
+        path: The image file.
+        draft: A JPEG is decoded at a reduced scale no smaller than this side, when given.
+
+    Raises:
+        ImageTooLarge, OSError: As :func:`decode_image`.
+    """
     with _open_image(path) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (image_size, image_size))  # decode JPEGs at a reduced scale when possible
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))  # decode JPEGs at a reduced scale when possible
         img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img)
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(rgb, dtype=np.uint8)
+        return _to_rgb(img)
 
 
 def _open_image(path: str | Path) -> Image.Image:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.augment import tta_views
 from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data import SPLIT_NAMES, scan
 from tlkit.errors import TlkitError
@@ -81,7 +82,7 @@ def top_losses(probabilities: np.ndarray, labels: np.ndarray, paths: list, class
 
 
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
-             batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES) -> dict:
+             batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES, tta: int = 1) -> dict:
     """Score a run on a labelled folder.
 
     Args:
@@ -93,9 +94,10 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         batch_size: Images decoded and predicted per step.
         verbose: 0 silent, 1 a progress bar.
         mistakes: How many of the most confident mistakes to list (:func:`top_losses`).
+        tta: Test-time views averaged per image (1: none; see :func:`tlkit.predict.view_probabilities`).
 
     Returns:
-        :func:`classification_metrics` plus ``data``, ``split``, ``class_names``, ``top_losses`` and
+        :func:`classification_metrics` plus ``data``, ``split``, ``tta``, ``class_names``, ``top_losses`` and
         ``skipped`` (the paths left out: entries the scan rejected, and files of the split that could
         not be decoded).
 
@@ -104,6 +106,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     """
     if split is not None and split not in SPLIT_CHOICES:
         raise TlkitError(f"invalid split: {split!r}; expected one of {', '.join(SPLIT_CHOICES)}")
+    tta_views(tta)
     run = resolve_run(run)
     explicit = data is not None
     if data is None:
@@ -126,7 +129,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     label_of = {p: to_run_label[label] for name in names for p, label in
                 zip(index.files.get(name, []), index.labels.get(name, []))}
     kept, chunks = [], []
-    for readable, probabilities in iter_probabilities(run, files, batch_size, progress=bool(verbose)):
+    for readable, probabilities in iter_probabilities(run, files, batch_size, progress=bool(verbose), tta=tta):
         kept.extend(readable)
         chunks.append(probabilities)
     if not kept:
@@ -134,5 +137,5 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     probabilities, labels = np.concatenate(chunks), np.array([label_of[p] for p in kept])
     report = classification_metrics(probabilities, labels, run.class_names)
     skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
-    return {"data": str(data), "split": split, "class_names": list(run.class_names), **report,
+    return {"data": str(data), "split": split, "tta": tta, "class_names": list(run.class_names), **report,
             "top_losses": top_losses(probabilities, labels, kept, run.class_names, mistakes), "skipped": skipped}

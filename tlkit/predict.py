@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tlkit.augment import tta_views, view_images
 from tlkit.config import PREDICT_BATCH
 from tlkit.data import decode_images, list_images
 from tlkit.errors import TlkitError
@@ -51,25 +52,27 @@ def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BAT
 
 
 def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
-                     batch_size: int = PREDICT_BATCH) -> Iterator[Prediction]:
+                     batch_size: int = PREDICT_BATCH, tta: int = 1) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` per readable image, in order, a batch at a time.
 
     Folders are searched recursively; files that are not readable images are skipped
-    with a warning naming them.
+    with a warning naming them. ``tta`` > 1 averages the probabilities of that many
+    test-time views of each image (:func:`tlkit.augment.tta_views`).
 
     Raises:
-        TlkitError: On a missing path, no files, a bad run, or ``top_k < 1`` (at the call), or
-            when no file at all is a readable image (once the files are used up).
+        TlkitError: On a missing path, no files, a bad run, ``top_k < 1`` or a bad ``tta`` (at
+            the call), or when no file at all is a readable image (once the files are used up).
     """
     if top_k < 1:
         raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
+    tta_views(tta)  # checked now, before any output
     run = resolve_run(run)  # checked now, not at the first item: nothing is printed before an error
     files = list_images(paths)
     k = min(top_k, len(run.class_names))
 
     def predictions() -> Iterator[Prediction]:
         count = 0
-        for readable, probabilities in iter_probabilities(run, files, batch_size):
+        for readable, probabilities in iter_probabilities(run, files, batch_size, tta=tta):
             for path, probs in zip(readable, probabilities):
                 order = np.argsort(-probs, kind="stable")[:k]
                 ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
@@ -82,21 +85,31 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
     return predictions()
 
 
-def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH, progress: bool = False
-                       ) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Decode and predict ``files`` a batch at a time; yields ``(readable files, probabilities)``."""
+def view_probabilities(run: Run, images: np.ndarray, tta: int = 1, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Class probabilities of ``images`` averaged over ``tta`` test-time views (1: the images as they are),
+    the shifted views' borders filled as the run's augmentation filled them."""
+    views = tta_views(tta)
+    total = sum(class_probabilities(run.model, view_images(images, view, run.config.augment.fill_mode), batch_size)
+                for view in views)
+    return total / len(views)
+
+
+def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH, progress: bool = False,
+                       tta: int = 1) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Decode and predict ``files`` a batch at a time (over ``tta`` views: :func:`view_probabilities`);
+    yields ``(readable files, probabilities)``."""
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images, kept, _ = decode_images(chunk, run.image_size, run.config.data.workers)
         if kept:
-            yield [chunk[i] for i in kept], class_probabilities(run.model, images, batch_size)
+            yield [chunk[i] for i in kept], view_probabilities(run, images, tta, batch_size)
         if bar is not None:
             bar.update(start + len(chunk))
 
 
 def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
-            batch_size: int = PREDICT_BATCH) -> list[Prediction]:
+            batch_size: int = PREDICT_BATCH, tta: int = 1) -> list[Prediction]:
     """Predict every image in ``paths`` (files or folders) with a run; see :func:`iter_predictions`.
 
     Args:
@@ -104,8 +117,9 @@ def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k:
         run: A loaded :class:`~tlkit.runs.Run`, a run folder, or ``None`` for the latest under ``runs/``.
         top_k: How many ranked classes each prediction carries.
         batch_size: Images decoded and predicted per step.
+        tta: Test-time views averaged per image (1: none).
 
     Returns:
         One :class:`Prediction` per readable image.
     """
-    return list(iter_predictions(paths, run, top_k, batch_size))
+    return list(iter_predictions(paths, run, top_k, batch_size, tta))

@@ -1,0 +1,189 @@
+"""Grad-CAM: where in an image a run's classifier found the evidence for a class.
+
+The gradient of the class's logit (its score before the sigmoid or softmax, which would flatten
+confident gradients) with respect to the last VGG16 conv layer's feature maps, averaged over
+each map, weighs the maps; their weighted sum, negatives cut to zero, is the heatmap
+(Selvaraju et al., 2017; Chollet, *Deep Learning with Python*, 5.4.3). The heatmap is
+stretched back over the whole image, as the image was squeezed into the model's square.
+
+Gradients are taken with the backend's own autodiff (TensorFlow, JAX or PyTorch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import matplotlib
+import numpy as np
+from keras import ops
+from PIL import Image
+
+from tlkit.config import CAM_OPACITY
+from tlkit.data import decode_image, read_rgb
+from tlkit.errors import TlkitError
+from tlkit.files import atomic_write
+from tlkit.model import BASE_NAME, HEAD_NAME
+from tlkit.predict import class_probabilities, resolve_run
+from tlkit.runs import Run
+
+#: The layer Grad-CAM reads: VGG16's last convolution (before the last pooling halves its resolution).
+CAM_LAYER = "block5_conv3"
+
+
+@dataclass
+class Explanation:
+    """A Grad-CAM heatmap of one image.
+
+    Attributes:
+        path: The image file.
+        class_name: The class whose evidence the heatmap shows.
+        probability: The model's probability of that class for this image.
+        predicted: The model's top class.
+        heatmap: ``(height, width)`` floats in [0, 1], the image's own shape (1 where the evidence is strongest).
+        image: The image, as decoded (EXIF orientation applied).
+    """
+
+    path: str
+    class_name: str
+    probability: float
+    predicted: str
+    heatmap: np.ndarray
+    image: Image.Image
+
+    def overlay(self, opacity: float = CAM_OPACITY) -> Image.Image:
+        """The image with the heatmap over it in the ``jet`` colours (red: strongest evidence)."""
+        return overlay(self.image, self.heatmap, opacity)
+
+
+class GradCam:
+    """Grad-CAM of a tlkit classifier: ``image -> preprocess -> VGG16 base -> head``.
+
+    The model is split at :data:`CAM_LAYER` into the part below it (feature maps) and the part
+    above (the last pooling and the head, up to the output layer's logits).
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        try:
+            base, head = model.get_layer(BASE_NAME), model.get_layer(HEAD_NAME)
+            preprocess = model.get_layer("preprocess")
+            conv = base.get_layer(CAM_LAYER)
+        except ValueError:
+            raise TlkitError("this model is not a tlkit VGG16 classifier; Grad-CAM needs its layers") from None
+        inputs = keras.Input(shape=model.input_shape[1:])
+        below = keras.Model(base.inputs, conv.output)
+        self.maps = keras.Model(inputs, below(preprocess(inputs)))
+        self.pool = base.layers[-1]  # block5_pool
+        output_layer = head.layers[-1]
+        self.hidden = keras.Model(head.inputs, output_layer.input)
+        self.kernel, self.bias = output_layer.kernel, output_layer.bias
+        self.binary = output_layer.units == 1
+
+    def logits(self, maps, classes: np.ndarray):
+        """The logit of ``classes[i]`` for image ``i``, from its feature maps (a sigmoid unit's logit ``z``
+        is class 1's; class 0's is ``-z``)."""
+        hidden = ops.cast(self.hidden(self.pool(maps), training=False), "float32")
+        z = ops.matmul(hidden, ops.cast(self.kernel, "float32")) + ops.cast(self.bias, "float32")
+        if self.binary:
+            sign = ops.convert_to_tensor(np.where(classes == 1, 1.0, -1.0).astype("float32"))
+            return z[:, 0] * sign
+        return ops.take_along_axis(z, ops.convert_to_tensor(classes.reshape(-1, 1).astype("int32")), axis=1)[:, 0]
+
+    def __call__(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Coarse heatmaps ``(n, h, w)`` in [0, 1] (``h, w``: the conv layer's grid) of ``classes[i]`` in image ``i``."""
+        maps = self.maps(ops.convert_to_tensor(images, "float32"), training=False)
+        maps, grads = _value_and_gradient(lambda m: self.logits(m, np.asarray(classes)), ops.cast(maps, "float32"))
+        maps, grads = ops.convert_to_numpy(maps), ops.convert_to_numpy(grads)
+        weights = grads.mean(axis=(1, 2), keepdims=True)  # one weight per feature map
+        cams = np.maximum((weights * maps).sum(axis=-1), 0.0)
+        peaks = cams.max(axis=(1, 2), keepdims=True)
+        return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
+
+
+def _value_and_gradient(function, x):
+    """``(x, d sum(function(x)) / dx)`` with the backend's autodiff (each image's score depends on it alone)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(function(x))
+        return x, tape.gradient(total, x)
+    if backend == "jax":
+        import jax
+
+        return x, jax.grad(lambda v: function(v).sum())(x)
+    if backend == "torch":
+        import torch
+
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(function(x).sum(), x)
+        return x.detach(), gradient
+    raise TlkitError(f"Grad-CAM has no gradient for the {backend} backend; use tensorflow, jax or torch")
+
+
+def stretch(cam: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A coarse heatmap resized (bilinear) to ``width`` x ``height``, kept in [0, 1]."""
+    resized = Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = CAM_OPACITY) -> Image.Image:
+    """``image`` blended with ``heatmap`` (its shape, values in [0, 1]) coloured by matplotlib's ``jet``."""
+    colours = matplotlib.colormaps["jet"](heatmap)[..., :3] * 255.0
+    blended = (1 - opacity) * np.asarray(image.convert("RGB"), dtype=np.float64) + opacity * colours
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def explain(image: str | Path, run: Run | str | Path | None = None, class_name: str | None = None) -> Explanation:
+    """Grad-CAM of one image file for the run's predicted class (or ``class_name``).
+
+    Args:
+        image: An image file.
+        run: A loaded run, a run folder, or ``None`` for the latest under ``runs/``.
+        class_name: The class to explain; default: the predicted one.
+
+    Raises:
+        TlkitError: On a bad run or class name, or a file that is not a readable image.
+    """
+    run = resolve_run(run)
+    if class_name is not None and class_name not in run.class_names:
+        raise TlkitError(f"unknown class {class_name!r}; run {run.path} knows {', '.join(run.class_names)}")
+    path = Path(image)
+    if not path.is_file():
+        raise TlkitError(f"no such image file: {path}")
+    try:
+        pixels = decode_image(path, run.image_size)[None]
+        picture = read_rgb(path)
+    except OSError as exc:
+        raise TlkitError(f"{path} is not a readable image: {type(exc).__name__}: {exc}") from None
+    return explain_images(run, [path], pixels, [picture], None if class_name is None else [class_name])[0]
+
+
+def explain_images(run: Run, paths: list[Path], pixels: np.ndarray, pictures: list[Image.Image],
+                   class_names: list[str] | None = None) -> list[Explanation]:
+    """Grad-CAM of decoded images: ``pixels`` as the model takes them, ``pictures`` as shown.
+
+    Args:
+        run: The run whose classifier is explained.
+        paths: The images' files (recorded in each :class:`Explanation`).
+        pixels: ``(n, size, size, 3)`` model inputs (:func:`tlkit.data.decode_image`).
+        pictures: The same images at the resolution the heatmaps are stretched to.
+        class_names: The class to explain per image; default: each image's predicted class.
+    """
+    probabilities = class_probabilities(run.model, pixels)
+    predicted = probabilities.argmax(axis=1)
+    chosen = predicted if class_names is None else np.array([run.class_names.index(n) for n in class_names])
+    cams = GradCam(run.model)(pixels, chosen)
+    return [Explanation(str(path), run.class_names[c], float(probs[c]), run.class_names[p],
+                        stretch(cam, *picture.size), picture)
+            for path, c, p, probs, cam, picture in zip(paths, chosen, predicted, probabilities, cams, pictures)]
+
+
+def write_overlay(explanation: Explanation, out: str | Path, opacity: float = CAM_OPACITY) -> None:
+    """Write the heatmap over the image as a PNG (atomically)."""
+    picture = explanation.overlay(opacity)
+    atomic_write(Path(out), lambda temporary: picture.save(temporary, format="PNG"))
