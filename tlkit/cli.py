@@ -294,5 +294,27 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
                f"predicted: {explanation.predicted})")
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--data", type=click.Path(), help="Labelled images to evaluate on [default: the run's own data].")
+@click.option("--split", type=click.Choice(("train", "val", "test", "all")),
+              help="Which images [default: as tlkit evaluate].")
+@click.option("--top-losses", "mistakes", type=click.IntRange(min=0), default=cfg.TOP_LOSSES, show_default=True,
+              help="How many of the most confident mistakes the gallery shows.")
+@tta_option
+@quiet_option
+def report(run_dir: str | None, out: str, data: str | None, split: str | None, mistakes: int, tta: int,
+           quiet: bool) -> None:
+    """Write one self-contained HTML page about a run (default: the latest under runs/): settings, curves,
+    metrics, confusion matrix, its worst mistakes with Grad-CAM, skipped files."""
+    _setup_logging(quiet)
+    from tlkit.report import write_report
+
+    evaluation = write_report(out, run_dir, data, split, mistakes, tta, verbose=0 if quiet else 1)
+    click.echo(f"report: {out} (accuracy {evaluation['accuracy']:.4f} on {evaluation['count']} images, "
+               f"{len(evaluation['top_losses'])} mistake(s) shown)")
+
+
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,11 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: str | 
         class_names: Names of the rows and columns.
         path: The PNG to write (atomically).
     """
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(confusion_png(matrix, class_names)))
+
+
+def confusion_png(matrix: list[list[int]], class_names: list[str]) -> bytes:
+    """:func:`plot_confusion`'s picture, as PNG bytes."""
     counts = np.asarray(matrix, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
@@ -126,5 +132,7 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: str | 
         axis.set_ylabel("true")
         axis.set_title(f"Confusion matrix, {title}")
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+    png = io.BytesIO()
+    figure.savefig(png, dpi=100, format="png")
     plt.close(figure)
+    return png.getvalue()

@@ -1,0 +1,213 @@
+"""``tlkit report``: one self-contained HTML page about a run.
+
+The page holds the run's settings and record, its learning curves, an evaluation (per-class
+metrics table and confusion matrix), a gallery of the most confident mistakes with their Grad-CAM
+heatmaps, and every skipped file. Pictures are embedded as ``data:`` URIs and the style sheet is
+inline, so the file can be mailed or archived and opens offline; it loads nothing and runs no script.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime
+from html import escape
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tlkit import __version__
+from tlkit.config import PREDICT_BATCH, TOP_LOSSES
+from tlkit.data import decode_image, read_rgb
+from tlkit.evaluate import evaluate
+from tlkit.explain import Explanation, explain_images
+from tlkit.files import atomic_write, read_json
+from tlkit.plots import confusion_png
+from tlkit.predict import resolve_run
+from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run
+
+#: Longest side of a picture in the mistakes gallery, in pixels.
+GALLERY_SIDE = 240
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 0;
+       background: #f4f6f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 32px 0 10px; border-bottom: 1px solid #dde3ea;
+     padding-bottom: 4px; }
+.subtitle { color: #5b6675; margin: 0 0 18px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { border: 1px solid #dde3ea; border-radius: 8px; padding: 10px 16px; min-width: 130px; }
+.card .value { font-size: 24px; font-weight: 600; } .card .label { color: #5b6675; font-size: 13px; }
+table { border-collapse: collapse; margin: 6px 0 12px; }
+th, td { border-bottom: 1px solid #e6eaef; padding: 4px 12px; text-align: right; }
+th:first-child, td:first-child { text-align: left; } thead th { background: #eef2f6; }
+tr.average td { font-style: italic; }
+img.plot { max-width: 100%; border: 1px solid #e6eaef; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 16px; }
+figure.mistake { margin: 0; border: 1px solid #dde3ea; border-radius: 8px; padding: 8px; }
+figure.mistake img { width: 100%; }
+figcaption { font-size: 13px; } figcaption .path { color: #5b6675; word-break: break-all; }
+.wrong { color: #b3261e; font-weight: 600; } .none { color: #5b6675; }
+code { font-size: 13px; }
+#config td, #config th, #skipped td, #skipped th { text-align: left; }
+"""
+
+
+def write_report(out: str | Path, run: Run | str | Path | None = None, data: str | Path | None = None,
+                 split: str | None = None, mistakes: int = TOP_LOSSES, tta: int = 1,
+                 batch_size: int = PREDICT_BATCH, verbose: int = 0) -> dict:
+    """Evaluate a run and write its HTML report (atomically).
+
+    Args:
+        out: The HTML file to write.
+        run: A loaded run, a run folder, or ``None`` for the latest under ``runs/``.
+        data, split, tta, batch_size, verbose: What to evaluate on and how, as :func:`tlkit.evaluate`.
+        mistakes: How many of the most confident mistakes the gallery shows.
+
+    Returns:
+        The evaluation shown (:func:`tlkit.evaluate`'s report).
+
+    Raises:
+        TlkitError: As :func:`tlkit.evaluate`.
+    """
+    run = resolve_run(run)
+    evaluation = evaluate(data, run, split, batch_size, verbose, mistakes, tta)
+    explanations = _explain_mistakes(run, evaluation["top_losses"])
+    page = render(run, evaluation, explanations)
+    atomic_write(Path(out), lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
+    return evaluation
+
+
+def _explain_mistakes(run: Run, mistakes: list[dict]) -> list[Explanation]:
+    """Grad-CAM of each mistake for the class it was taken for, over a gallery-sized picture."""
+    if not mistakes:
+        return []
+    paths = [Path(mistake["path"]) for mistake in mistakes]
+    pixels = np.stack([decode_image(path, run.image_size) for path in paths])
+    pictures = []
+    for path in paths:
+        picture = read_rgb(path, draft=GALLERY_SIDE)
+        picture.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.Resampling.LANCZOS)
+        pictures.append(picture)
+    return explain_images(run, paths, pixels, pictures, [mistake["predicted"] for mistake in mistakes])
+
+
+def render(run: Run, evaluation: dict, explanations: list[Explanation]) -> str:
+    """The report page as HTML text."""
+    provenance = read_json(run.path / CONFIG_FILE)["provenance"]
+    sections = [
+        _summary(run, evaluation, provenance),
+        _section("Learning curves", _image((run.path / CURVES_FILE).read_bytes(), "image/png",
+                                           "training and validation accuracy and loss per epoch", "plot")),
+        _section(f"Metrics on {escape(evaluation['split'])} ({evaluation['count']} images)", _metrics_table(evaluation)),
+        _section("Confusion matrix", _confusion_table(evaluation) + _image(
+            confusion_png(evaluation["confusion_matrix"], evaluation["class_names"]), "image/png",
+            "confusion matrix, counts and row-normalised", "plot")),
+        _section("Most confident mistakes", _gallery(evaluation["top_losses"], explanations, evaluation["accuracy"])),
+        _section("Skipped files", _skipped(run.metrics.get("skipped", {}), evaluation["skipped"])),
+        _section("Configuration", _config_table(run)),
+    ]
+    title = f"tlkit report: {run.path.name}"
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<style>{STYLE}</style>\n'
+            f'</head>\n<body>\n<main>\n<h1>{escape(title)}</h1>\n' + "\n".join(sections) +
+            f'\n<p class="subtitle">Written by tlkit {__version__} on '
+            f'{datetime.now().astimezone().isoformat(timespec="seconds")}.</p>\n</main>\n</body>\n</html>\n')
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section>\n<h2>{title}</h2>\n{body}\n</section>"
+
+
+def _image(data: bytes, kind: str, alt: str, css: str = "") -> str:
+    source = f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+    return f'<img class="{css}" alt="{escape(alt)}" src="{source}">'
+
+
+def _summary(run: Run, evaluation: dict, provenance: dict) -> str:
+    metrics = run.metrics
+    epochs = metrics["epochs_run"]
+    settings = run.config.train
+    views = f" over {evaluation['tta']} test-time views" if evaluation["tta"] > 1 else ""
+    subtitle = (f"{escape(settings.mode)} run on <code>{escape(run.data_dir)}</code>, created "
+                f"{escape(provenance['created'])} on the {escape(provenance['backend'])} backend; "
+                f"evaluated on <code>{escape(evaluation['data'])}</code> [{escape(evaluation['split'])}]{views}.")
+    cards = [(f"{evaluation['accuracy']:.4f}", "accuracy"), (f"{evaluation['loss']:.4f}", "loss"),
+             (f"{evaluation['macro_avg']['f1']:.4f}", "macro F1"), (str(evaluation["count"]), "images evaluated"),
+             (" + ".join(map(str, epochs)), "epochs run (per phase)"),
+             (str(sum(epochs[:-1]) + metrics["best_epoch"]), f"best epoch (in {escape(metrics['best_phase'])})")]
+    body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
+                   for value, label in cards)
+    return f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>'
+
+
+def _metrics_table(evaluation: dict) -> str:
+    rows = [(name, row, "") for name, row in evaluation["per_class"].items()]
+    rows += [(label, {**evaluation[key], "support": evaluation["count"]}, "average")
+             for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"))]
+    body = "".join(f'<tr class="{css}"><td>{escape(name)}</td><td>{row["precision"]:.4f}</td>'
+                   f'<td>{row["recall"]:.4f}</td><td>{row["f1"]:.4f}</td><td>{row["support"]}</td></tr>'
+                   for name, row, css in rows)
+    return ('<table id="metrics"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
+            f'<th>support</th></tr></thead><tbody>{body}</tbody></table>\n'
+            f'<p>Accuracy {evaluation["accuracy"]:.4f}, cross-entropy loss {evaluation["loss"]:.4f}.</p>')
+
+
+def _confusion_table(evaluation: dict) -> str:
+    names = evaluation["class_names"]
+    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+    body = ""
+    for name, counts, shares in zip(names, evaluation["confusion_matrix"], evaluation["confusion_matrix_normalized"]):
+        cells = "".join(f"<td>{count} ({share:.2f})</td>" for count, share in zip(counts, shares))
+        body += f"<tr><th>{escape(name)}</th>{cells}</tr>"
+    return (f'<table id="confusion"><thead><tr><th>true \\ predicted</th>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table>\n<p>Counts, with the share of the true class's images in brackets.</p>")
+
+
+def _gallery(mistakes: list[dict], explanations: list[Explanation], accuracy: float) -> str:
+    if not mistakes:
+        return ('<p class="none">No mistakes: every image was classified correctly.</p>' if accuracy == 1.0 else
+                '<p class="none">None shown (the number of mistakes to show was 0).</p>')
+    figures = []
+    for rank, (mistake, explanation) in enumerate(zip(mistakes, explanations), start=1):
+        picture = _side_by_side(explanation.image, explanation.overlay())
+        alt = f"{mistake['path']}: the image, and where the model saw {mistake['predicted']}"
+        figures.append(
+            f'<figure class="mistake" data-path="{escape(mistake["path"])}">{_image(picture, "image/jpeg", alt)}'
+            f'<figcaption>#{rank} <span class="wrong">{escape(mistake["true"])} taken for '
+            f'{escape(mistake["predicted"])}</span> ({mistake["probability"]:.4f}, loss {mistake["loss"]:.3f})<br>'
+            f'<span class="path">{escape(mistake["path"])}</span></figcaption></figure>')
+    return ('<p>Misclassified images by decreasing loss; beside each, Grad-CAM of the class it was taken for '
+            '(red: the strongest evidence).</p>\n<div class="gallery" id="mistakes">' + "".join(figures) + "</div>")
+
+
+def _side_by_side(left: Image.Image, right: Image.Image) -> bytes:
+    """Two pictures of the same size next to each other, as JPEG bytes."""
+    pair = Image.new("RGB", (left.width * 2 + 6, left.height), (255, 255, 255))
+    pair.paste(left, (0, 0))
+    pair.paste(right, (left.width + 6, 0))
+    buffer = io.BytesIO()
+    pair.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def _skipped(training: dict[str, str], evaluation: list[str]) -> str:
+    rows = [(path, reason, "training") for path, reason in sorted(training.items())]
+    rows += [(path, "not a readable image (see the evaluation's warnings)", "evaluation")
+             for path in evaluation if path not in training]
+    if not rows:
+        return '<p class="none">None: every file was read.</p>'
+    body = "".join(f"<tr><td><code>{escape(path)}</code></td><td>{escape(where)}</td><td>{escape(reason)}</td></tr>"
+                   for path, reason, where in rows)
+    return (f'<table id="skipped"><thead><tr><th>file</th><th>skipped in</th><th>reason</th></tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def _config_table(run: Run) -> str:
+    body = "".join(f"<tr><td>{escape(section)}</td><td>{escape(name)}</td><td><code>{escape(str(value))}</code></td></tr>"
+                   for section, values in run.config.to_dict().items() for name, value in values.items())
+    return (f'<table id="config"><thead><tr><th>section</th><th>option</th><th>value</th></tr></thead>'
+            f"<tbody>{body}</tbody></table>\n<p>Rerun with <code>tlkit train DATA --config "
+            f"{escape(str(run.path / CONFIG_FILE))}</code>.</p>")
