@@ -3,8 +3,11 @@
 import json
 import os
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import tlkit
 
@@ -47,15 +50,38 @@ def test_colours_are_learned_and_random_labels_are_not(tmp_path, real):
     assert chance.metrics["val_accuracy"] < 0.9
 
 
-def test_hymenoptera_subset_features_mode(tmp_path, real):
+def test_hymenoptera_subset_features_mode_and_what_it_learned(tmp_path, real):
+    """A run on real photos, then everything tlkit tells about it: evaluation, Grad-CAM, TTA, the report."""
     data = tmp_path / "hym"
     _subset(require_shared(HYMENOPTERA) / "train", data / "train", 40)
     _subset(HYMENOPTERA / "val", data / "val", 30)
-    result = tlkit.train(data, real.replace(data={"image_size": 96}), run_dir=tmp_path / "run", verbose=0)
+    run = tmp_path / "run"
+    result = tlkit.train(data, real.replace(data={"image_size": 96}), run_dir=run, verbose=0)
     assert result.metrics["images"] == {"train": 80, "val": 60}
     assert result.metrics["val_accuracy"] >= 0.8
-    report = tlkit.evaluate(data, run=tmp_path / "run", split="val")
+    report = tlkit.evaluate(data, run=run, split="val", mistakes=3)
     assert report["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+    # the confusion matrix and the mistakes recomputed from predictions
+    predictions = tlkit.predict([data / "val"], run=run, top_k=2)
+    truth = [Path(p.path).parent.name for p in predictions]
+    confusion = [[sum(t == a and p.label == b for t, p in zip(truth, predictions)) for b in ("ants", "bees")]
+                 for a in ("ants", "bees")]
+    assert report["confusion_matrix"] == confusion and 0 < len(report["top_losses"]) <= 3
+    assert {m["path"] for m in report["top_losses"]} <= {p.path for t, p in zip(truth, predictions) if p.label != t}
+    # Grad-CAM of a real photo: at the photo's own size, peaked somewhere, not flat
+    photo = Path(predictions[0].path)
+    explanation = tlkit.explain(photo, run=run)
+    with Image.open(photo) as image:
+        assert explanation.heatmap.shape == (image.height, image.width)
+    assert explanation.heatmap.max() == pytest.approx(1.0, abs=0.02) and explanation.heatmap.std() > 0.05
+    # test-time augmentation: same images, averaged views, a comparable score
+    augmented = tlkit.evaluate(data, run=run, split="val", tta=4)
+    assert augmented["count"] == 60 and abs(augmented["accuracy"] - report["accuracy"]) <= 0.1
+    # the report holds the metrics table and one picture per listed mistake
+    html = tlkit.write_report(tmp_path / "report.html", run, mistakes=3)
+    text = (tmp_path / "report.html").read_text()
+    assert '<table id="metrics">' in text and f"{html['per_class']['bees']['recall']:.4f}" in text
+    assert text.count('<figure class="mistake"') == len(html["top_losses"]) > 0
 
 
 def test_natural_images_subset_skips_thumbs_db(tmp_path, real, caplog):

@@ -7,6 +7,8 @@ The library API; the ``tlkit`` command line only calls these::
     result = tlkit.train("photos/", config)          # -> TrainResult (model, class_names, history, ...)
     tlkit.predict(["cat.jpg"], run=result.run_dir)   # -> [Prediction(path, label, probability, top_k)]
     tlkit.evaluate("photos/", run=result.run_dir)    # -> loss, accuracy, per-class precision/recall/F1
+    tlkit.explain("cat.jpg", run=result.run_dir)     # -> Explanation (Grad-CAM heatmap at the image's size)
+    tlkit.write_report("report.html", result.run_dir)  # one self-contained HTML page about the run
 """
 
 import os
@@ -21,13 +23,15 @@ from tlkit.config import AugmentConfig, Config, DataConfig, TrainConfig, load_co
 from tlkit.data import DatasetIndex, decode_image, scan  # noqa: E402
 from tlkit.errors import TlkitError  # noqa: E402
 from tlkit.evaluate import evaluate  # noqa: E402
+from tlkit.explain import Explanation, explain  # noqa: E402
 from tlkit.features import FeatureSet, extract  # noqa: E402
 from tlkit.predict import Prediction, predict  # noqa: E402
+from tlkit.report import write_report  # noqa: E402
 from tlkit.runs import Run, load_run  # noqa: E402
 from tlkit.train import TrainResult, train  # noqa: E402
 
 __all__ = [
-    "AugmentConfig", "Config", "DataConfig", "DatasetIndex", "FeatureSet", "Prediction", "Run", "TlkitError",
-    "TrainConfig", "TrainResult", "decode_image", "evaluate", "extract", "load_config", "load_run", "predict",
-    "scan", "train", "__version__",
+    "AugmentConfig", "Config", "DataConfig", "DatasetIndex", "Explanation", "FeatureSet", "Prediction", "Run",
+    "TlkitError", "TrainConfig", "TrainResult", "decode_image", "evaluate", "explain", "extract", "load_config",
+    "load_run", "predict", "scan", "train", "write_report", "__version__",
 ]
