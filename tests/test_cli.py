@@ -102,3 +102,19 @@ def test_predict_on_missing_file_with_a_run(tmp_path, data):
     assert mixed.exit_code == 0
     assert [row["path"] for row in json.loads(mixed.stdout)] == [str(tmp_path / "ok.jpg")]
     assert "skipped" in mixed.stderr and "bad.jpg" in mixed.stderr
+
+
+def test_cv_prints_every_fold_and_json_agrees(tmp_path, data):
+    args = ["cv", data, "--folds", "2", "--repeats", "2", "--epochs", "2", "--image-size", "32", "--weights", "none",
+            "--cache-dir", tmp_path / "c", "--quiet"]
+    text = invoke(*args)
+    assert text.exit_code == 0, text.output
+    report = json.loads(invoke(*args, "--json").output)
+    lines = text.output.splitlines()
+    assert lines[0] == f"{data}: 10 train and validation images (blue, red), 2 folds x 2 repeat(s)"
+    for repeat in range(2):
+        scores = [f"{f['val_accuracy']:.4f}" for f in report["fold_results"] if f["repeat"] == repeat]
+        assert lines[1 + repeat] == f"repeat {repeat + 1}: {' '.join(scores)}  mean {report['repeat_accuracy'][repeat]:.4f}"
+    assert lines[3].startswith(f"val_accuracy: {report['mean_accuracy']:.4f} +/- {report['std_accuracy']:.4f}")
+    bad = CliRunner().invoke(main, ["cv", str(data), "--folds", "1"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1

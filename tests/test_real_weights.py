@@ -82,6 +82,9 @@ def test_hymenoptera_subset_features_mode_and_what_it_learned(tmp_path, real):
     text = (tmp_path / "report.html").read_text()
     assert '<table id="metrics">' in text and f"{html['per_class']['bees']['recall']:.4f}" in text
     assert text.count('<figure class="mistake"') == len(html["top_losses"]) > 0
+    # 3-fold cross-validation of the head on the same (cached) features
+    folds = tlkit.cross_validate(data, real.replace(data={"image_size": 96}), folds=3)
+    assert folds.images == 140 and len(folds.fold_results) == 3 and folds.mean_accuracy >= 0.75
 
 
 def test_natural_images_subset_skips_thumbs_db(tmp_path, real, caplog):

@@ -9,6 +9,7 @@ The library API; the ``tlkit`` command line only calls these::
     tlkit.evaluate("photos/", run=result.run_dir)    # -> loss, accuracy, per-class precision/recall/F1
     tlkit.explain("cat.jpg", run=result.run_dir)     # -> Explanation (Grad-CAM heatmap at the image's size)
     tlkit.write_report("report.html", result.run_dir)  # one self-contained HTML page about the run
+    tlkit.cross_validate("photos/", config, folds=5)  # -> CVResult: K-fold of the head on cached features
 """
 
 import os
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 # Imported eagerly: the functions train/predict/evaluate share their modules' names, and a lazily
 # imported submodule would replace the function of the same name on the package.
 from tlkit.config import AugmentConfig, Config, DataConfig, TrainConfig, load_config  # noqa: E402
+from tlkit.cv import CVResult, cross_validate  # noqa: E402
 from tlkit.data import DatasetIndex, decode_image, scan  # noqa: E402
 from tlkit.errors import TlkitError  # noqa: E402
 from tlkit.evaluate import evaluate  # noqa: E402
@@ -31,7 +33,7 @@ from tlkit.runs import Run, load_run  # noqa: E402
 from tlkit.train import TrainResult, train  # noqa: E402
 
 __all__ = [
-    "AugmentConfig", "Config", "DataConfig", "DatasetIndex", "Explanation", "FeatureSet", "Prediction", "Run",
-    "TlkitError", "TrainConfig", "TrainResult", "decode_image", "evaluate", "explain", "extract", "load_config",
+    "AugmentConfig", "CVResult", "Config", "DataConfig", "DatasetIndex", "Explanation", "FeatureSet", "Prediction", "Run",
+    "TlkitError", "TrainConfig", "TrainResult", "cross_validate", "decode_image", "evaluate", "explain", "extract", "load_config",
     "load_run", "predict", "scan", "train", "write_report", "__version__",
 ]

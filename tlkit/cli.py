@@ -262,6 +262,41 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
 
 
 @main.command()
+@click.argument("data", type=click.Path())
+@click.option("--folds", type=click.IntRange(min=2), default=cfg.CV_FOLDS, show_default=True,
+              help="K: the train and validation images, pooled, are dealt into K stratified folds, each held out once.")
+@click.option("--repeats", type=click.IntRange(min=1), default=cfg.CV_REPEATS, show_default=True,
+              help="Deal the K folds this many times, shuffled anew each time (iterated K-fold).")
+@config_options(("image_size", "test_split", "seed", "workers", "cache_dir", "weights", "epochs", "batch_size",
+                 "optimizer", "learning_rate", "pooling", "head_units", "dropout", "precision", "class_weight"))
+@config_file_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every fold's epoch logs included.")
+@quiet_option
+def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bool, quiet: bool, **options) -> None:
+    """Cross-validate the dense head on DATA's cached features: stratified K-fold, optionally repeated."""
+    _setup_logging(quiet)
+    from tlkit.cv import cross_validate
+
+    result = cross_validate(data, build_config(config_file, options), folds, repeats,
+                            verbose=0 if quiet or as_json else 1)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{data}: {result.images} train and validation images ({', '.join(result.class_names)}), "
+               f"{folds} folds x {repeats} repeat(s)")
+    for repeat, mean in enumerate(result.repeat_accuracy):
+        scores = " ".join(f"{fold['val_accuracy']:.4f}" for fold in result.fold_results if fold["repeat"] == repeat)
+        click.echo(f"repeat {repeat + 1}: {scores}  mean {mean:.4f}")
+    click.echo(f"val_accuracy: {result.mean_accuracy:.4f} +/- {result.std_accuracy:.4f} (mean +/- std of "
+               f"{folds * repeats} folds)  val_loss: {result.mean_loss:.4f}")
+    best = result.best_epoch - 1
+    click.echo(f"best_epoch: {best + 1} of {len(result.epoch_val_loss)} (lowest mean val_loss "
+               f"{result.epoch_val_loss[best]:.4f}, mean val_accuracy {result.epoch_val_accuracy[best]:.4f})")
+    if result.skipped:
+        click.echo(f"skipped: {len(result.skipped)} file(s) (see the warnings)")
+
+
+@main.command()
 @click.argument("run_dir", required=False, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
 @click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=cfg.CURVE_SMOOTHING,
