@@ -51,15 +51,15 @@ def test_predictions_match_the_model_and_skip_bad_files(tmp_path, trained):
 
 
 def test_predictions_stream_a_batch_at_a_time(trained, monkeypatch):
-    """Each batch is decoded only when its predictions are asked for: memory holds one batch, not the list."""
+    """Each batch is decoded when its predictions are near: memory holds a batch and the next, not the list."""
     data, run_dir = trained
     decoded = []
     module = importlib.import_module("tlkit.predict")  # (tlkit.predict is the function)
     real = module.decode_images
-    monkeypatch.setattr(module, "decode_images", lambda paths, *a: decoded.append(len(paths)) or real(paths, *a))
+    monkeypatch.setattr(module, "decode_images", lambda paths, **k: decoded.append(len(paths)) or real(paths, **k))
     stream = module.iter_predictions([data], run=run_dir, batch_size=5)  # 18 images
     first = next(stream)
-    assert decoded == [5] and first.path.endswith(".jpg")
+    assert decoded in ([5], [5, 5]) and first.path.endswith(".jpg")  # this batch, perhaps the next one ahead
     assert len([first, *stream]) == 18 and decoded == [5, 5, 5, 3]
 
 

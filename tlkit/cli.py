@@ -194,11 +194,23 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 @click.option("--batch-size", type=click.IntRange(min=1), default=cfg.PREDICT_BATCH, show_default=True,
               help="Images decoded and predicted at a time (memory does not grow with the number of images).")
 @tta_option
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write every prediction (all class probabilities) to this .csv or .jsonl file as it comes, "
+                   "instead of printing; rerun the same command to finish an interrupted one.")
 @quiet_option
 def predict(paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int, tta: int,
-            quiet: bool) -> None:
+            out: str | None, quiet: bool) -> None:
     """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
     _setup_logging(quiet)
+    if out is not None:
+        if as_json:
+            raise click.UsageError("--json prints predictions, --out writes them to a file: give one of them")
+        from tlkit.results import predict_to_file
+
+        counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet)
+        click.echo(f"{out}: {counts['predicted']} image(s) predicted, {counts['unreadable']} unreadable, "
+                   f"{counts['already']} already there")
+        return
     from tlkit.predict import iter_predictions
 
     # bad paths and runs fail here, before any output

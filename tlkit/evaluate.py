@@ -129,7 +129,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     label_of = {p: to_run_label[label] for name in names for p, label in
                 zip(index.files.get(name, []), index.labels.get(name, []))}
     kept, chunks = [], []
-    for readable, probabilities in iter_probabilities(run, files, batch_size, progress=bool(verbose), tta=tta):
+    for readable, probabilities, _ in iter_probabilities(run, files, batch_size, progress=bool(verbose), tta=tta):
         kept.extend(readable)
         chunks.append(probabilities)
     if not kept:

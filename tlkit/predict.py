@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -72,7 +74,7 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
 
     def predictions() -> Iterator[Prediction]:
         count = 0
-        for readable, probabilities in iter_probabilities(run, files, batch_size, tta=tta):
+        for readable, probabilities, _ in iter_probabilities(run, files, batch_size, tta=tta):
             for path, probs in zip(readable, probabilities):
                 order = np.argsort(-probs, kind="stable")[:k]
                 ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
@@ -95,17 +97,28 @@ def view_probabilities(run: Run, images: np.ndarray, tta: int = 1, batch_size: i
 
 
 def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BATCH, progress: bool = False,
-                       tta: int = 1) -> Iterator[tuple[list[Path], np.ndarray]]:
+                       tta: int = 1) -> Iterator[tuple[list[Path], np.ndarray, dict[str, str]]]:
     """Decode and predict ``files`` a batch at a time (over ``tta`` views: :func:`view_probabilities`);
-    yields ``(readable files, probabilities)``."""
+    yields ``(readable files, their probabilities, {unreadable file: reason})`` per batch.
+
+    The next batch is decoded in the background while the model predicts this one, so the device
+    does not wait for the decoders (memory holds two batches).
+    """
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images, kept, _ = decode_images(chunk, run.image_size, run.config.data.workers)
-        if kept:
-            yield [chunk[i] for i in kept], view_probabilities(run, images, tta, batch_size)
-        if bar is not None:
-            bar.update(start + len(chunk))
+    chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        decode = partial(decode_images, image_size=run.image_size, workers=run.config.data.workers)
+        pending = ahead.submit(decode, chunks[0]) if chunks else None
+        for position, chunk in enumerate(chunks):
+            images, kept, skipped = pending.result()
+            if position + 1 < len(chunks):
+                pending = ahead.submit(decode, chunks[position + 1])
+            probabilities = view_probabilities(run, images, tta, batch_size) if kept else np.empty((0, 0))
+            yield [chunk[i] for i in kept], probabilities, skipped
+            done += len(chunk)
+            if bar is not None:
+                bar.update(done)
 
 
 def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
