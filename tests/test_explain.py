@@ -8,7 +8,7 @@ from PIL import Image
 
 import tlkit
 from tlkit.cli import main
-from tlkit.explain import GradCam, _value_and_gradient, explain
+from tlkit.explain import GradCam, _gradient, explain
 
 from conftest import make_dataset, write_image
 
@@ -27,7 +27,7 @@ def test_gradient_is_the_logits_derivative(run):
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     classes = np.array([0, 2])
     maps = ops.cast(cam.maps(images, training=False), "float32")
-    _, gradient = _value_and_gradient(lambda m: cam.logits(m, classes), maps)
+    gradient = _gradient(lambda m: cam.logits(m, classes), maps)
     maps, gradient = ops.convert_to_numpy(maps).astype(np.float64), ops.convert_to_numpy(gradient)
     # the logit of a class moves with a feature as its gradient says (central differences)
     largest = float(np.abs(gradient).max())

@@ -92,17 +92,17 @@ class GradCam:
 
     def __call__(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Coarse heatmaps ``(n, h, w)`` in [0, 1] (``h, w``: the conv layer's grid) of ``classes[i]`` in image ``i``."""
-        maps = self.maps(ops.convert_to_tensor(images, "float32"), training=False)
-        maps, grads = _value_and_gradient(lambda m: self.logits(m, np.asarray(classes)), ops.cast(maps, "float32"))
-        maps, grads = ops.convert_to_numpy(maps), ops.convert_to_numpy(grads)
+        maps = ops.cast(self.maps(ops.convert_to_tensor(images, "float32"), training=False), "float32")
+        grads = ops.convert_to_numpy(_gradient(lambda m: self.logits(m, np.asarray(classes)), maps))
+        maps = ops.convert_to_numpy(maps)
         weights = grads.mean(axis=(1, 2), keepdims=True)  # one weight per feature map
         cams = np.maximum((weights * maps).sum(axis=-1), 0.0)
         peaks = cams.max(axis=(1, 2), keepdims=True)
         return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
 
 
-def _value_and_gradient(function, x):
-    """``(x, d sum(function(x)) / dx)`` with the backend's autodiff (each image's score depends on it alone)."""
+def _gradient(function, x):
+    """``d sum(function(x)) / dx`` with the backend's autodiff (each image's score depends on it alone)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -110,18 +110,18 @@ def _value_and_gradient(function, x):
         with tf.GradientTape() as tape:
             tape.watch(x)
             total = tf.reduce_sum(function(x))
-        return x, tape.gradient(total, x)
+        return tape.gradient(total, x)
     if backend == "jax":
         import jax
 
-        return x, jax.grad(lambda v: function(v).sum())(x)
+        return jax.grad(lambda v: function(v).sum())(x)
     if backend == "torch":
         import torch
 
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             (gradient,) = torch.autograd.grad(function(x).sum(), x)
-        return x.detach(), gradient
+        return gradient
     raise TlkitError(f"Grad-CAM has no gradient for the {backend} backend; use tensorflow, jax or torch")
 
 
