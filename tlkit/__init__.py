@@ -10,6 +10,7 @@ The library API; the ``tlkit`` command line only calls these::
     tlkit.explain("cat.jpg", run=result.run_dir)     # -> Explanation (Grad-CAM heatmap at the image's size)
     tlkit.write_report("report.html", result.run_dir)  # one self-contained HTML page about the run
     tlkit.cross_validate("photos/", config, folds=5)  # -> CVResult: K-fold of the head on cached features
+    tlkit.export(result.run_dir, "onnx", "model.onnx")  # also savedmodel, tflite: pixels in, probabilities out
 """
 
 import os
@@ -26,6 +27,7 @@ from tlkit.data import DatasetIndex, decode_image, scan  # noqa: E402
 from tlkit.errors import TlkitError  # noqa: E402
 from tlkit.evaluate import evaluate  # noqa: E402
 from tlkit.explain import Explanation, explain  # noqa: E402
+from tlkit.export import export  # noqa: E402
 from tlkit.features import FeatureSet, extract  # noqa: E402
 from tlkit.predict import Prediction, predict  # noqa: E402
 from tlkit.report import write_report  # noqa: E402
@@ -33,7 +35,7 @@ from tlkit.runs import Run, load_run  # noqa: E402
 from tlkit.train import TrainResult, train  # noqa: E402
 
 __all__ = [
-    "AugmentConfig", "CVResult", "Config", "DataConfig", "DatasetIndex", "Explanation", "FeatureSet", "Prediction", "Run",
-    "TlkitError", "TrainConfig", "TrainResult", "cross_validate", "decode_image", "evaluate", "explain", "extract", "load_config",
-    "load_run", "predict", "scan", "train", "write_report", "__version__",
+    "AugmentConfig", "CVResult", "Config", "DataConfig", "DatasetIndex", "Explanation", "FeatureSet", "Prediction",
+    "Run", "TlkitError", "TrainConfig", "TrainResult", "cross_validate", "decode_image", "evaluate", "explain",
+    "export", "extract", "load_config", "load_run", "predict", "scan", "train", "write_report", "__version__",
 ]

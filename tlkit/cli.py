@@ -363,5 +363,25 @@ def report(run_dir: str | None, out: str, data: str | None, split: str | None, m
                f"{len(evaluation['top_losses'])} mistake(s) shown)")
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--format", "fmt", required=True, type=click.Choice(("savedmodel", "tflite", "onnx")),
+              help="savedmodel (a folder) and tflite need the TensorFlow backend; onnx TensorFlow or PyTorch.")
+@click.option("--out", required=True, type=click.Path(),
+              help="The SavedModel folder, or the .tflite or .onnx file (plus <out>.json) to write; never overwritten.")
+@quiet_option
+def export(run_dir: str | None, fmt: str, out: str, quiet: bool) -> None:
+    """Export a run's classifier (default: the latest under runs/) for use without tlkit: raw RGB pixels in,
+    class probabilities out, class names inside."""
+    _setup_logging(quiet)
+    from tlkit.export import export as export_run, read_contract
+
+    path = export_run(run_dir, fmt, out)
+    contract = read_contract(path)
+    click.echo(f"{fmt}: {path} (input {contract['input']['name']} float32 (batch, {contract['image_size']}, "
+               f"{contract['image_size']}, 3) RGB 0-255; output {contract['output']['name']}: "
+               f"{', '.join(contract['class_names'])})")
+
+
 if __name__ == "__main__":
     main()
