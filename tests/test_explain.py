@@ -1,5 +1,7 @@
 """Grad-CAM (tlkit explain): the gradient it uses, the heatmap's shape, and that it finds the evidence."""
 
+import importlib
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -56,6 +58,24 @@ def test_heatmap_has_the_image_shape_and_follows_the_class(tmp_path, run):
     assert not np.allclose(chosen.heatmap, predicted.heatmap)
 
 
+def test_many_images_are_explained_a_batch_at_a_time_with_the_same_result(tmp_path, run, monkeypatch):
+    module = importlib.import_module("tlkit.explain")  # (tlkit.explain is the function)
+
+    paths = [write_image(tmp_path / f"{i}.png", (40 * i, 90, 200 - 30 * i), size=32, seed=i) for i in range(5)]
+    pixels = np.stack([tlkit.decode_image(path, 32) for path in paths])
+    pictures = [Image.open(path).convert("RGB") for path in paths]
+    whole = module.explain_images(run, paths, pixels, pictures)
+    calls = []
+    real = module.GradCam.__call__
+    monkeypatch.setattr(module, "CAM_BATCH", 2)
+    monkeypatch.setattr(module.GradCam, "__call__", lambda self, x, c: calls.append(len(x)) or real(self, x, c))
+    batched = module.explain_images(run, paths, pixels, pictures)
+    assert calls == [2, 2, 1]
+    for one, other in zip(whole, batched):
+        assert one.class_name == other.class_name
+        np.testing.assert_allclose(one.heatmap, other.heatmap, atol=1e-5)
+
+
 def test_cli_writes_the_overlay_and_refuses_bad_input(tmp_path, run):
     photo = write_image(tmp_path / "photo.jpg", (30, 60, 200), size=40)
     out = tmp_path / "heat.png"
@@ -69,7 +89,7 @@ def test_cli_writes_the_overlay_and_refuses_bad_input(tmp_path, run):
     CliRunner().invoke(main, ["explain", str(photo), "--run", str(run.path), "--out", str(out), "--opacity", "0"])
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(explanation.image))
     for args, message in ((["--class", "purple"], "unknown class 'purple'; run "),
-                          (["--out", str(tmp_path / "gone" / "x.png")], "No such file or directory")):
+                          (["--out", str(tmp_path / "gone" / "x.png")], f"folder not found for {tmp_path}/gone/x.png")):
         bad = CliRunner().invoke(main, ["explain", str(photo), "--run", str(run.path), "--out", str(out), *args])
         assert bad.exit_code == 1 and message in bad.output and len(bad.output.strip().splitlines()) == 1
     (tmp_path / "notes.jpg").write_text("not an image")

@@ -156,6 +156,7 @@ def test_confusion_png_shows_both_matrices(tmp_path):
 
     from tlkit.plots import plot_confusion
 
+    plot_confusion([[1, 0], [0, 1]], ["$5 bills", "x^$"], tmp_path / "money.png")  # names, not mathtext
     plot_confusion([[5, 1], [2, 7]], ["ant", "bee"], tmp_path / "c.png")
     with Image.open(tmp_path / "c.png") as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
@@ -165,6 +166,16 @@ def test_confusion_png_shows_both_matrices(tmp_path):
         dark = (panel[..., 0] < 60) & (panel[..., 2] > 90)
         pale = (panel[..., 0] > 180) & (panel[..., 0] < 240) & (panel[..., 2] > 230)
         assert dark.mean() > 0.05 and pale.mean() > 0.05
+
+
+def test_a_batch_of_only_unreadable_files_is_skipped(tmp_path, trained):
+    data, run = trained
+    mixed = shutil.copytree(data, tmp_path / "mixed")
+    for i in range(3):  # sorted first in their class: the whole first batch of 2 is unreadable
+        (mixed / "blue" / f"000_broken_{i}.jpg").write_bytes(b"not an image")
+    report = tlkit.evaluate(mixed, run=run, batch_size=2)
+    assert report["count"] == 18 and len(report["skipped"]) == 3
+    assert report["accuracy"] == pytest.approx(tlkit.evaluate(data, run=run)["accuracy"])
 
 
 def test_evaluate_agrees_with_predict(trained):
@@ -226,6 +237,10 @@ def test_tta_averages_the_views(tmp_path, trained):
         np.testing.assert_allclose(got, expected, atol=1e-6)
     report = tlkit.evaluate(run=run, tta=3)
     assert report["tta"] == 3 and report["count"] == 3
+    test_files = tlkit.scan(data, run.config.data).files["test"]
+    averaged = {p.path: dict(p.top_k) for p in tlkit.predict(test_files, run=run, top_k=3, tta=3)}
+    losses = [-np.log(averaged[str(path)][path.parent.name]) for path in test_files]
+    assert report["loss"] == pytest.approx(np.mean(losses), rel=1e-5)  # the views' average was scored
     assert tlkit.evaluate(run=run)["tta"] == 1
 
 

@@ -157,9 +157,13 @@ def test_cli_report_and_its_errors(tmp_path, config):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"report: {out} (accuracy ") and "0 mistake(s) shown" in result.output
     html = out.read_text()
-    assert ("None shown" in html) != ("No mistakes" in html)
+    accuracy = tlkit.evaluate(run=tmp_path / "run")["accuracy"]
+    assert ("No mistakes" in html) == (accuracy == 1.0) and ("None shown" in html) == (accuracy < 1.0)
     for args, message in ((["nowhere"], "run folder not found: nowhere"),
                           ([str(tmp_path / "run"), "--data", "missing"], "dataset folder not found: missing")):
         bad = CliRunner().invoke(main, ["report", *args, "--out", str(tmp_path / "bad.html")])
         assert bad.exit_code == 1 and message in bad.output and len(bad.output.strip().splitlines()) == 1
     assert not (tmp_path / "bad.html").exists()
+    missing = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "r.html")])
+    assert missing.exit_code == 1 and missing.output.strip() == f"Error: folder not found for {tmp_path}/no/r.html: " \
+                                                               f"create {tmp_path}/no first"  # before evaluating

@@ -119,3 +119,36 @@ def test_probabilities_are_written_in_full_precision(tmp_path, job):
     assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-6 for row in rows)
     assert len({row["probability"] for row in rows}) == len(rows)  # not rounded into ties
     assert np.all([row["probability"] == max(row["probabilities"].values()) for row in rows])
+
+
+def test_a_torn_header_is_rewritten(tmp_path, job):
+    data, run = job
+    out = tmp_path / "torn.csv"
+    out.write_text("path,lab")  # killed while writing the header
+    assert predict_to_file([data], out, run) == {"predicted": 18, "unreadable": 1, "already": 0}
+    assert out.read_bytes().startswith(b"path,label,probability,") and len(_read(out)) == 19
+
+
+@pytest.mark.parametrize("name, text", [("other.jsonl", '{"a": 1}\n'), ("words.jsonl", "hello\n"),
+                                        ("latin.csv", "caf\xe9,x\n")])
+def test_a_file_that_is_not_results_is_refused_in_one_line(tmp_path, job, name, text):
+    data, run = job
+    out = tmp_path / name
+    out.write_bytes(text.encode("latin-1"))
+    result = CliRunner().invoke(main, ["predict", str(data), "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is not a tlkit results file" in result.output or "holds predictions of other classes" in result.output
+    assert out.read_bytes() == text.encode("latin-1")
+
+
+def test_file_names_that_are_not_utf8_round_trip(tmp_path, job):
+    """Linux file names are bytes: one that is not UTF-8 is written and recognised on resume as it is."""
+    data, run = job
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = folder / "caf\udce9.jpg"  # the file name b"caf\\xe9.jpg", as Python sees it
+    odd.write_bytes((data / "red" / "red_00.jpg").read_bytes())
+    out = tmp_path / "odd.jsonl"
+    assert predict_to_file([folder], out, run)["predicted"] == 1
+    assert b"caf\\udce9.jpg" in out.read_bytes() or b"caf\xe9.jpg" in out.read_bytes()
+    assert predict_to_file([folder], out, run) == {"predicted": 0, "unreadable": 0, "already": 1}

@@ -334,7 +334,9 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
     """Grad-CAM: draw where in IMAGE the run's classifier sees the evidence for a class."""
     _setup_logging(quiet)
     from tlkit.explain import explain as explain_image, write_overlay
+    from tlkit.files import require_parent
 
+    require_parent(out)  # before the work
     explanation = explain_image(image, run_dir, class_name)
     write_overlay(explanation, out, opacity)
     click.echo(f"{out}: evidence for {explanation.class_name} (probability {explanation.probability:.4f}; "

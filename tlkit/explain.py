@@ -23,13 +23,15 @@ from PIL import Image
 from tlkit.config import CAM_OPACITY
 from tlkit.data import decode_image, read_rgb
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write
+from tlkit.files import atomic_write, require_parent
 from tlkit.model import BASE_NAME, HEAD_NAME
 from tlkit.predict import class_probabilities, resolve_run
 from tlkit.runs import Run
 
 #: The layer Grad-CAM reads: VGG16's last convolution (before the last pooling halves its resolution).
 CAM_LAYER = "block5_conv3"
+#: Images whose gradients are taken at once (memory: about 27 MB each at image size 150).
+CAM_BATCH = 16
 
 
 @dataclass
@@ -133,9 +135,8 @@ def stretch(cam: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = CAM_OPACITY) -> Image.Image:
     """``image`` blended with ``heatmap`` (its shape, values in [0, 1]) coloured by matplotlib's ``jet``."""
-    colours = matplotlib.colormaps["jet"](heatmap)[..., :3] * 255.0
-    blended = (1 - opacity) * np.asarray(image.convert("RGB"), dtype=np.float64) + opacity * colours
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    colours = Image.fromarray(matplotlib.colormaps["jet"](heatmap, bytes=True)[..., :3])  # uint8: a large photo fits
+    return Image.blend(image.convert("RGB"), colours, opacity)
 
 
 def explain(image: str | Path, run: Run | str | Path | None = None, class_name: str | None = None) -> Explanation:
@@ -177,7 +178,9 @@ def explain_images(run: Run, paths: list[Path], pixels: np.ndarray, pictures: li
     probabilities = class_probabilities(run.model, pixels)
     predicted = probabilities.argmax(axis=1)
     chosen = predicted if class_names is None else np.array([run.class_names.index(n) for n in class_names])
-    cams = GradCam(run.model)(pixels, chosen)
+    cam = GradCam(run.model)
+    cams = np.concatenate([cam(pixels[start:start + CAM_BATCH], chosen[start:start + CAM_BATCH])
+                           for start in range(0, len(pixels), CAM_BATCH)])
     return [Explanation(str(path), run.class_names[c], float(probs[c]), run.class_names[p],
                         stretch(cam, *picture.size), picture)
             for path, c, p, probs, cam, picture in zip(paths, chosen, predicted, probabilities, cams, pictures)]
@@ -186,4 +189,4 @@ def explain_images(run: Run, paths: list[Path], pixels: np.ndarray, pictures: li
 def write_overlay(explanation: Explanation, out: str | Path, opacity: float = CAM_OPACITY) -> None:
     """Write the heatmap over the image as a PNG (atomically)."""
     picture = explanation.overlay(opacity)
-    atomic_write(Path(out), lambda temporary: picture.save(temporary, format="PNG"))
+    atomic_write(require_parent(out), lambda temporary: picture.save(temporary, format="PNG"))

@@ -126,7 +126,11 @@ def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
             write(model, contract, Path(temporary))
             write_json(sidecar_path(out), contract)  # before the artifact is renamed: an artifact has its sidecar
 
-        atomic_write(out, write_whole)
+        try:
+            atomic_write(out, write_whole)
+        except BaseException:
+            sidecar_path(out).unlink(missing_ok=True)  # no sidecar without its artifact: a retry is not refused
+            raise
     return out
 
 

@@ -124,3 +124,15 @@ def damage(folder: Path) -> str | None:
         if digest(path, algorithm) != expected:
             return f"{name} does not match its {algorithm} checksum (damaged or modified)"
     return None
+
+
+def require_parent(path: str | Path) -> Path:
+    """``path``, once its folder is known to exist (checked before any work, so a typo fails at once).
+
+    Raises:
+        TlkitError: If the folder that would hold ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise TlkitError(f"folder not found for {path}: create {path.parent} first")
+    return path

@@ -126,8 +126,9 @@ def confusion_png(matrix: list[list[int]], class_names: list[str]) -> bytes:
         for (row, column), value in np.ndenumerate(values):
             axis.text(column, row, form.format(value), ha="center", va="center",
                       color="white" if value > values.max() / 2 else "black")
-        axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-        axis.set_yticks(range(len(class_names)), class_names)
+        # parse_math=False: a class named "$5 bills" is a name, not mathtext
+        axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", parse_math=False)
+        axis.set_yticks(range(len(class_names)), class_names, parse_math=False)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         axis.set_title(f"Confusion matrix, {title}")

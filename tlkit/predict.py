@@ -114,7 +114,8 @@ def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BA
             images, kept, skipped = pending.result()
             if position + 1 < len(chunks):
                 pending = ahead.submit(decode, chunks[position + 1])
-            probabilities = view_probabilities(run, images, tta, batch_size) if kept else np.empty((0, 0))
+            probabilities = (view_probabilities(run, images, tta, batch_size) if kept
+                             else np.empty((0, len(run.class_names))))
             yield [chunk[i] for i in kept], probabilities, skipped
             done += len(chunk)
             if bar is not None:

@@ -22,7 +22,7 @@ from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data import decode_image, read_rgb
 from tlkit.evaluate import evaluate
 from tlkit.explain import Explanation, explain_images
-from tlkit.files import atomic_write, read_json
+from tlkit.files import atomic_write, read_json, require_parent
 from tlkit.plots import confusion_png
 from tlkit.predict import resolve_run
 from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run
@@ -72,11 +72,12 @@ def write_report(out: str | Path, run: Run | str | Path | None = None, data: str
     Raises:
         TlkitError: As :func:`tlkit.evaluate`.
     """
+    out = require_parent(out)
     run = resolve_run(run)
     evaluation = evaluate(data, run, split, batch_size, verbose, mistakes, tta)
     explanations = _explain_mistakes(run, evaluation["top_losses"])
     page = render(run, evaluation, explanations)
-    atomic_write(Path(out), lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
+    atomic_write(out, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
     return evaluation
 
 

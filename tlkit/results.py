@@ -24,6 +24,7 @@ import numpy as np
 from tlkit.config import PREDICT_BATCH
 from tlkit.data import list_images
 from tlkit.errors import TlkitError
+from tlkit.files import require_parent
 from tlkit.augment import tta_views
 from tlkit.predict import iter_probabilities, resolve_run
 from tlkit.runs import Run
@@ -31,6 +32,8 @@ from tlkit.runs import Run
 log = logging.getLogger("tlkit")
 
 FORMATS = (".csv", ".jsonl")
+#: File names that are not valid UTF-8 (Linux allows any bytes) are written and read back byte for byte.
+PATH_ERRORS = "surrogateescape"
 
 
 def predict_to_file(paths: list[str | Path], out: str | Path, run: Run | str | Path | None = None,
@@ -55,11 +58,9 @@ def predict_to_file(paths: list[str | Path], out: str | Path, run: Run | str | P
         TlkitError: On a bad path, run, ``tta`` or output (wrong suffix, missing folder, a file
             holding other columns), before anything is written.
     """
-    out = Path(out)
+    out = require_parent(out)
     if out.suffix.lower() not in FORMATS:
         raise TlkitError(f"cannot write predictions to {out}: give a file ending in .csv or .jsonl")
-    if not out.parent.is_dir():
-        raise TlkitError(f"folder not found for {out}: create {out.parent} first")
     tta_views(tta)
     run = resolve_run(run)
     files = list_images(paths)
@@ -92,24 +93,30 @@ class ResultsWriter:
         Raises:
             TlkitError: If the file holds results of other classes.
         """
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        if not self.path.exists() or self.path.stat().st_size == 0:  # new, or killed before its header
             if self.csv:
                 self._write(self._csv_lines([self.header]))
             else:
                 self.path.touch()
             return set()
         self._cut_torn_line()
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            if self.csv:
-                rows = csv.reader(handle)
-                if next(rows, None) != self.header:
+        try:
+            with open(self.path, encoding="utf-8", errors=PATH_ERRORS, newline="") as handle:
+                if self.csv:
+                    rows = csv.reader(handle)
+                    if next(rows, None) != self.header:
+                        raise self._other_columns()
+                    return {row[0] for row in rows if row}
+                records = [json.loads(line) for line in handle if line.strip()]
+            for record in records:
+                if "probabilities" in record and list(record["probabilities"]) != list(self.class_names):
                     raise self._other_columns()
-                return {row[0] for row in rows if row}
-            records = [json.loads(line) for line in handle if line.strip()]
-        for record in records:
-            if "probabilities" in record and list(record["probabilities"]) != list(self.class_names):
-                raise self._other_columns()
-        return {record["path"] for record in records}
+            return {record["path"] for record in records}
+        except TlkitError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, csv.Error):  # not lines this writer wrote
+            raise TlkitError(f"{self.path} is not a tlkit results file (its lines are not predictions); "
+                             "give another --out") from None
 
     def append(self, rows: Iterable[tuple[str, np.ndarray]], skipped: dict[str, str]) -> None:
         """Write one batch: a row per predicted path, then one per unreadable path."""
@@ -138,7 +145,7 @@ class ResultsWriter:
         return buffer.getvalue()
 
     def _write(self, text: str) -> None:
-        with open(self.path, "a", encoding="utf-8", newline="") as handle:
+        with open(self.path, "a", encoding="utf-8", errors=PATH_ERRORS, newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -153,6 +160,7 @@ class ResultsWriter:
             log.warning("%s ended in a torn line (an interrupted write); it is cut off and predicted again",
                         self.path)
             handle.truncate(keep)
+            handle.seek(keep)
             if keep == 0 and self.csv:
                 handle.write(self._csv_lines([self.header]).encode("utf-8"))
 
