@@ -66,6 +66,18 @@ def real_weights() -> str:
     return str(require_shared(REAL_WEIGHTS))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``backend_independent`` run once, on TensorFlow (CI runs the suite on three backends)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow" or os.environ.get("TLKIT_ALL_BACKENDS"):
+        return
+    skip = pytest.mark.skip(reason="backend-independent: runs on the TensorFlow backend (TLKIT_ALL_BACKENDS=1: here too)")
+    for item in items:
+        if "backend_independent" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Run every test in its own folder, with no weights, cache or CLI logging settings leaking in."""

@@ -13,7 +13,9 @@ import tlkit
 
 from conftest import HYMENOPTERA, NATURAL_IMAGES, make_dataset, require_shared
 
-pytestmark = pytest.mark.real_weights
+# What these check on real photos (learning, metrics, reports, class weights) does not depend on the backend;
+# each backend's own paths are tested fast in the other files, and with real weights in test_explain/test_export.
+pytestmark = [pytest.mark.real_weights, pytest.mark.backend_independent]
 
 
 def _subset(source, target, per_class):

@@ -125,6 +125,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.backend_independent
 def test_chromium_renders_the_report(tmp_path, reported):
     """Headless Chromium, cut off from any network, loads every embedded picture and lays the page out."""
     chromium = _chromium()
