@@ -118,3 +118,18 @@ def test_cv_prints_every_fold_and_json_agrees(tmp_path, data):
     assert lines[3].startswith(f"val_accuracy: {report['mean_accuracy']:.4f} +/- {report['std_accuracy']:.4f}")
     bad = CliRunner().invoke(main, ["cv", str(data), "--folds", "1"])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.backend_independent
+def test_a_reader_that_leaves_early_ends_predict_quietly(tmp_path, data):
+    """`tlkit predict DIR | head`: when the reader has gone, tlkit stops without an error or a traceback."""
+    import subprocess
+    import sys
+
+    assert invoke("train", data, *FAST, "--epochs", "1", "--run-dir", tmp_path / "run").exit_code == 0
+    process = subprocess.Popen([sys.executable, "-m", "tlkit.cli", "predict", str(data), "--run", str(tmp_path / "run"),
+                                "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in errors and not any(line.startswith("Error:") for line in errors.splitlines()), errors

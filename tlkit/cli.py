@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 
 import click
@@ -75,6 +76,9 @@ class TlkitGroup(click.Group):
             raise OneLineUsageError(" ".join(exc.format_message().split()) + where) from None
         except TlkitError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None  # one line, whatever it quotes
+        except BrokenPipeError:  # the reader left (`tlkit predict DIR | head`): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+            raise click.exceptions.Exit(1) from None
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
