@@ -39,7 +39,7 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write, digest, readable_by_all, write_json
+from tlkit.files import atomic_write, digest, fsync, readable_by_all, write_json
 from tlkit.model import is_binary
 from tlkit.predict import resolve_run
 from tlkit.runs import MODEL_FILE, RUN_CHECKSUM, Run
@@ -289,19 +289,11 @@ def _write_folder(out: Path, write: Callable[[Path], None]) -> None:
     try:
         write(temporary)
         for path in sorted(temporary.rglob("*"), reverse=True):  # files before the folders holding them
-            _fsync(path)
-        _fsync(temporary)
+            fsync(path)
+        fsync(temporary)
         readable_by_all(temporary)
         os.rename(temporary, out)
-        _fsync(out.parent)
+        fsync(out.parent)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
-
-
-def _fsync(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

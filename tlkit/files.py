@@ -41,7 +41,7 @@ def atomic_write(path: str | Path, write) -> None:
             os.fsync(written.fileno())
         readable_by_all(Path(temporary))
         os.replace(temporary, path)
-        _fsync_folder(path.parent)  # the rename itself survives a power cut
+        fsync(path.parent)  # the rename itself survives a power cut
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -52,8 +52,9 @@ def readable_by_all(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
-def _fsync_folder(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries: a rename in it) to disk."""
+    handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
