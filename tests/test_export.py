@@ -117,7 +117,7 @@ def test_bad_requests_are_clear_errors(tmp_path, runs):
     assert (tmp_path / "taken.onnx").read_text() == (tmp_path / "sidecar.tflite.json").read_text() == "mine"
     with pytest.raises(tlkit.TlkitError, match=r"ending in \.tflite, not model\.onnx"):
         export(run, "tflite", tmp_path / "model.onnx")
-    with pytest.raises(tlkit.TlkitError, match="does not exist; create it"):
+    with pytest.raises(tlkit.TlkitError, match="folder not found for .*: create .* first"):
         export(run, "onnx", tmp_path / "missing" / "model.onnx")
     with pytest.raises(tlkit.TlkitError, match="not a model exported by tlkit"):
         read_contract(tmp_path / "taken.onnx")

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from tlkit.config import CV_FOLDS, CV_REPEATS, Config
-from tlkit.data import Batches, scan
+from tlkit.data import Batches, require_classes, scan
 from tlkit.errors import TlkitError
 from tlkit.evaluate import classification_metrics
 from tlkit.features import extract
@@ -112,9 +112,7 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
         raise TlkitError(f"invalid repeats: {repeats!r}; expected an integer >= 1")
     config = config or Config()
     index = scan(data, config.data)
-    if len(index.class_names) < 2:
-        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at "
-                         "least 2: add a folder of images per class")
+    require_classes(index)
     features = extract(index, config, verbose)
     pooled = [features.split(name) for name in POOLED_SPLITS]
     x = np.concatenate([part[0] for part in pooled])

@@ -131,6 +131,17 @@ def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
     return DatasetIndex(root, class_names, files, labels, presplit, walk.skipped)
 
 
+def require_classes(index: DatasetIndex) -> None:
+    """Check that a dataset has the two or more classes a classifier needs.
+
+    Raises:
+        TlkitError: Naming the folder and how many class folders it has.
+    """
+    if len(index.class_names) < 2:
+        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at "
+                         "least 2: add a folder of images per class")
+
+
 def _classes_by_split(root: Path, walk: _Walk, config: DataConfig
                       ) -> tuple[tuple[str, ...], dict[str, dict[str, list[Path]]], bool]:
     """``(class names, split -> class -> files, presplit)``: the folder's own split, or one drawn here."""

@@ -157,8 +157,8 @@ def explain(image: str | Path, run: Run | str | Path | None = None, class_name: 
     if not path.is_file():
         raise TlkitError(f"no such image file: {path}")
     try:
-        pixels = decode_image(path, run.image_size)[None]
-        picture = read_rgb(path)
+        pixels = decode_image(path, run.image_size)[None]  # exactly what predict feeds the model
+        picture = read_rgb(path)  # the photo at full size, for the overlay
     except OSError as exc:
         raise TlkitError(f"{path} is not a readable image: {type(exc).__name__}: {exc}") from None
     return explain_images(run, [path], pixels, [picture], None if class_name is None else [class_name])[0]

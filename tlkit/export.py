@@ -39,7 +39,7 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write, digest, fsync, readable_by_all, write_json
+from tlkit.files import atomic_write, digest, fsync, readable_by_all, require_parent, write_json
 from tlkit.model import is_binary
 from tlkit.predict import resolve_run
 from tlkit.runs import MODEL_FILE, RUN_CHECKSUM, Run
@@ -111,8 +111,7 @@ def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
     for path in (out, *([sidecar_path(out)] if suffix else [])):
         if path.exists() or path.is_symlink():
             raise TlkitError(f"{path} already exists; remove it or choose another --out (exports never overwrite)")
-    if not out.parent.is_dir():
-        raise TlkitError(f"folder {out.parent} does not exist; create it or choose another --out")
+    require_parent(out)
     check_exportable(fmt)
     run = resolve_run(run)
     model = probability_model(run)

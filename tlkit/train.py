@@ -23,7 +23,7 @@ from tlkit import __version__
 from tlkit.augment import AugmentedBatches, RandomAffine
 from tlkit.backbone import build_base, set_trainable_from, weights_identity
 from tlkit.config import Config
-from tlkit.data import Batches, DatasetIndex, Split, load_split, scan
+from tlkit.data import Batches, DatasetIndex, Split, load_split, require_classes, scan
 from tlkit.errors import TlkitError
 from tlkit.evaluate import classification_metrics
 from tlkit.features import extract
@@ -105,9 +105,7 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     if earlier is not None:
         config = _adopt_earlier_run(earlier, config)
     index = scan(data, config.data)
-    if len(index.class_names) < 2:
-        raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at "
-                         "least 2: add a folder of images per class")
+    require_classes(index)
     if not index.files["val"]:
         raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
     if earlier is not None and earlier.class_names != index.class_names:
