@@ -31,6 +31,9 @@ CPU (a few minutes)::
 GPU machine, JAX backend (see README, "Benchmark")::
 
     KERAS_BACKEND=jax python scripts/bench.py --images 4000 --batch-size 64 --json bench.json
+
+tlkit's side trains and extracts on ``--distribute``'s devices (``auto``: every GPU of a machine with
+several); the classic side always on one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 
 import tlkit  # noqa: E402
+from tlkit import distribute  # noqa: E402
 from tlkit.backbone import build_base, set_trainable_from  # noqa: E402
 from tlkit.features import EXTRACT_BATCH  # noqa: E402
 
@@ -242,6 +246,8 @@ def main() -> None:
                         help="tlkit's compute precision (the classic recipe is float32)")
     parser.add_argument("--predict-images", default="1000,10000",
                         help="predict stage: image counts, each predicted by a fresh process")
+    parser.add_argument("--distribute", default=tlkit.TrainConfig().distribute, choices=tlkit.config.DISTRIBUTE,
+                        help="the devices tlkit's side trains and extracts on (the classic side uses one)")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tlkit-bench-"))
@@ -252,7 +258,8 @@ def main() -> None:
     train = data / "train"
     config = tlkit.Config().replace(
         data={"image_size": args.image_size, "cache_dir": str(work / "cache")},
-        train={"weights": args.weights, "batch_size": args.batch_size, "precision": args.precision})
+        train={"weights": args.weights, "batch_size": args.batch_size, "precision": args.precision,
+               "distribute": args.distribute})
     size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
     results = []
 
@@ -289,7 +296,7 @@ def main() -> None:
     report = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
         "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
-        "tlkit_precision": args.precision,
+        "tlkit_precision": args.precision, "tlkit_devices": distribute.resolve(args.distribute).describe(),
         "results": results, "predict": predictions,
     }
     print(json.dumps(report, indent=2))

@@ -26,6 +26,7 @@ from keras import ops
 
 from tlkit.config import TTA_SHIFT, AugmentConfig
 from tlkit.data import Batches
+from tlkit.distribute import ReplicaSeedGenerator
 from tlkit.errors import TlkitError
 
 
@@ -93,19 +94,25 @@ class AugmentedBatches(Batches):
         seed: Seed of the shuffling and of the transforms.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
         weights: A sample weight per row, given with each batch.
+        devices: The devices a batch is spread over, as for :class:`~tlkit.data.Batches`.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int, epoch: int = 0, weights: np.ndarray | None = None) -> None:
+                 seed: int, epoch: int = 0, weights: np.ndarray | None = None, devices=None) -> None:
         # one worker: each epoch's transforms come from one random stream, drawn in batch order
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights)
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights,
+                         devices=devices)
         self.config = config
 
     def __getitem__(self, index: int):
-        rows = self.rows(index)
+        rows, factors = self.share(index)
         batch = self.images[rows]
-        params = sample_transforms(self.rng, len(rows), self.config, batch.shape[1])
-        return self.pack(rows, augment_batch(batch, params, self.config))
+        # drawn for the whole batch, every process keeping its part: no two processes share a transform
+        processes = 1 if self.devices is None else self.devices.processes
+        params = sample_transforms(self.rng, len(rows) * processes, self.config, batch.shape[1])
+        if processes > 1:
+            params = {name: values[self.devices.part(len(rows) * processes)] for name, values in params.items()}
+        return self.pack(rows, augment_batch(batch, params, self.config), factors)
 
 
 def affine_matrices(params: dict, image_size: int):
@@ -160,7 +167,7 @@ class RandomAffine(keras.layers.Layer):
         self.config = AugmentConfig(rotation_range, width_shift_range, height_shift_range, shear_range,
                                     zoom_range, horizontal_flip, fill_mode)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)  # on several devices, each draws its own transforms
         # TensorFlow's image-transform op has no XLA kernel: there the step runs without XLA.
         self.supports_jit = keras.backend.backend() != "tensorflow"
 

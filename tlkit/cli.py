@@ -52,11 +52,13 @@ OPTION_HELP = {
     "augment_on": "Augment inside the training step (device) or with the classic ImageDataGenerator (cpu).",
     "precision": "Compute precision; mixed types keep the output layer float32.",
     "class_weight": "auto: weigh each class inversely to its number of training images (imbalanced data).",
+    "distribute": "Devices: auto (every accelerator when there are several), none (one), mirrored (every device "
+                  "here), multiworker (one process per machine, JAX; see README).",
 }
 CHOICES = {"mode": cfg.MODES, "optimizer": cfg.OPTIMIZERS, "pooling": cfg.POOLINGS,
            "fill_mode": cfg.FILL_MODES, "warmup_mode": cfg.WARMUP_MODES, "augment_on": cfg.AUGMENT_ON,
-           "precision": cfg.PRECISIONS, "class_weight": cfg.CLASS_WEIGHTS}
-EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision")
+           "precision": cfg.PRECISIONS, "class_weight": cfg.CLASS_WEIGHTS, "distribute": cfg.DISTRIBUTE}
+EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision", "distribute")
 
 
 class OneLineUsageError(click.ClickException):
@@ -184,7 +186,7 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
     result = train_model(data, build_config(config_file, options, saved), run_dir=run_dir, from_run=from_run,
                          verbose=0 if quiet else 1, resume=resume)
     metrics = result.metrics
-    click.echo(f"run: {result.run_dir}")
+    click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
     click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
     if "test_accuracy" in metrics:
         click.echo(f"test_accuracy: {metrics['test_accuracy']:.4f}  test_loss: {metrics['test_loss']:.4f}")
@@ -284,7 +286,8 @@ def evaluate(data: str | None, run_dir: str | None, split: str | None, as_json: 
 @click.option("--repeats", type=click.IntRange(min=1), default=cfg.CV_REPEATS, show_default=True,
               help="Deal the K folds this many times, shuffled anew each time (iterated K-fold).")
 @config_options(("image_size", "test_split", "seed", "workers", "cache_dir", "weights", "epochs", "batch_size",
-                 "optimizer", "learning_rate", "pooling", "head_units", "dropout", "precision", "class_weight"))
+                 "optimizer", "learning_rate", "pooling", "head_units", "dropout", "precision", "class_weight",
+                 "distribute"))
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every fold's epoch logs included.")
 @quiet_option

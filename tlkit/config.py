@@ -27,6 +27,7 @@ WARMUP_MODES = ("features", "frozen")
 AUGMENT_ON = ("device", "cpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
+DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")
 
 #: Layers of VGG16's convolutional base that ``unfreeze_from`` may name.
 VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
@@ -151,6 +152,10 @@ class TrainConfig:
         class_weight: ``none``, or ``auto``: each training image weighs
             ``images / (classes * images of its class)`` in the loss, so every class
             counts alike however few images it has.
+        distribute: ``auto`` (every accelerator of this machine when it has several, else one
+            device), ``none``, ``mirrored`` (every device of this machine) or ``multiworker``
+            (one process per machine, JAX); ``batch_size`` stays the global batch. See
+            :mod:`tlkit.distribute`.
     """
 
     mode: str = "features"
@@ -170,6 +175,7 @@ class TrainConfig:
     augment_on: str = "device"
     precision: str = "float32"
     class_weight: str = "none"
+    distribute: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
@@ -189,6 +195,7 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         _check(self.class_weight in CLASS_WEIGHTS, "class_weight", self.class_weight,
                f"one of {', '.join(CLASS_WEIGHTS)}")
+        _check(self.distribute in DISTRIBUTE, "distribute", self.distribute, f"one of {', '.join(DISTRIBUTE)}")
         _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
                f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 

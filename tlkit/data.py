@@ -516,6 +516,8 @@ class Batches(keras.utils.PyDataset):
         seed: Seed of the shuffling.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
         weights: A sample weight per row (class weights), given with each batch; none if omitted.
+        devices: The devices a batch is spread over (:meth:`tlkit.distribute.Devices.share`): each
+            batch padded to a multiple of them, and this process's part of it; one device if omitted.
 
     Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, ``epoch``
     counting Keras's ``on_epoch_end`` calls, so a run resumed at some epoch sees the batches an
@@ -524,10 +526,10 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, **kwargs) -> None:
+                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, devices=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle, self.seed = images, labels, batch_size, shuffle, seed
-        self.weights = weights
+        self.weights, self.devices = weights, devices
         self.begin_epoch(epoch)
 
     def begin_epoch(self, epoch: int) -> None:
@@ -543,15 +545,22 @@ class Batches(keras.utils.PyDataset):
         """The rows of batch ``index``, sorted so that a memory-mapped array is read forwards."""
         return np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
 
-    def __getitem__(self, index: int):
+    def share(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The rows of batch ``index`` this process feeds, and their loss-weight factors (``None``: all 1)."""
         rows = self.rows(index)
-        return self.pack(rows, self.images[rows])
+        return (rows, None) if self.devices is None else self.devices.share(rows)
 
-    def pack(self, rows: np.ndarray, images: np.ndarray) -> tuple:
-        """A batch of ``images``: ``(images, labels)``, plus the rows' sample weights when there are any."""
-        if self.weights is None:
+    def __getitem__(self, index: int):
+        rows, factors = self.share(index)
+        return self.pack(rows, self.images[rows], factors)
+
+    def pack(self, rows: np.ndarray, images: np.ndarray, factors: np.ndarray | None = None) -> tuple:
+        """A batch of ``images``: ``(images, labels)``, plus sample weights when there are any: the rows'
+        weights times ``factors``."""
+        if self.weights is None and factors is None:
             return images, self.labels[rows]
-        return images, self.labels[rows], self.weights[rows]
+        weights = np.ones(len(rows), np.float32) if self.weights is None else self.weights[rows]
+        return images, self.labels[rows], weights if factors is None else weights * factors
 
     def on_epoch_end(self) -> None:
         self.begin_epoch(self.epoch + 1)

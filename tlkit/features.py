@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tlkit import distribute
 from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
 from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records, is_built, relative_name
 from tlkit.config import Config
@@ -120,7 +121,8 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
     across all splits, and their features are written into the table as they are computed.
     """
     row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
-    with precision_policy(config.train.precision):
+    devices = distribute.resolve(config.train.distribute)
+    with precision_policy(config.train.precision), devices.local_scope():
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     skipped: dict[str, str] = {}
     with building(folder) as staging, ExitStack() as files:
@@ -136,7 +138,7 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         bar = keras.utils.Progbar(sum(len(rows) for _, rows in sources), unit_name="image") if verbose else None
         done = 0
         for images, rows in _chunks(sources, CHUNK_IMAGES):
-            for row, feature in zip(rows, extractor.predict(images, batch_size=EXTRACT_BATCH, verbose=0)):
+            for row, feature in zip(rows, distribute.predict_rows(extractor, images, EXTRACT_BATCH, devices)):
                 table.write(row, feature[None])
             done += len(rows)
             if bar is not None:

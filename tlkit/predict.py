@@ -15,6 +15,7 @@ import numpy as np
 from tlkit.augment import tta_views, view_images
 from tlkit.config import PREDICT_BATCH
 from tlkit.data import decode_images, list_images
+from tlkit.distribute import Devices, predict_rows
 from tlkit.errors import TlkitError
 from tlkit.runs import Run, find_latest_run, load_run
 
@@ -47,9 +48,12 @@ def resolve_run(run: Run | str | Path | None) -> Run:
     return load_run(run)
 
 
-def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """``(n, classes)`` probabilities; a sigmoid output ``p`` becomes ``[1 - p, p]``."""
-    out = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BATCH,
+                        devices: Devices | None = None) -> np.ndarray:
+    """``(n, classes)`` probabilities of ``images`` (read a chunk at a time: a memory-mapped array stays
+    on disk; on ``devices``, see :func:`tlkit.distribute.predict_rows`); a sigmoid output ``p`` becomes
+    ``[1 - p, p]``."""
+    out = predict_rows(model, images, batch_size, devices).astype(np.float64)
     return np.concatenate([1.0 - out, out], axis=1) if out.shape[1] == 1 else out
 
 

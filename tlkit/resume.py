@@ -44,7 +44,7 @@ STATE_FILE = "state.json"
 #: Bumped when the checkpoint layout changes; a checkpoint of another version is not resumed.
 CHECKPOINT_FORMAT = 1
 #: Settings that may differ between the first start and a resume (they describe the machine, not the run).
-MACHINE_SETTINGS = ("workers", "cache_dir")
+MACHINE_SETTINGS = {"data": ("workers", "cache_dir"), "train": ("distribute",)}
 
 
 def dataset_fingerprint(index: DatasetIndex) -> str:
@@ -169,7 +169,8 @@ class Checkpoint:
                              "start a new run (without --resume)")
         if _resolved(data) != self.state["data"]:
             log.info("run %s started on %s; the same files are now in %s", run, self.state["data"], _resolved(data))
-        saved = self.config.replace(data={name: getattr(config.data, name) for name in MACHINE_SETTINGS})
+        saved = self.config.replace(**{section: {name: getattr(getattr(config, section), name) for name in names}
+                                       for section, names in MACHINE_SETTINGS.items()})
         ours, theirs = config.to_dict(), saved.to_dict()
         changed = [f"{name}={theirs[section][name]!r} (not {value!r})" for section, values in ours.items()
                    for name, value in values.items() if theirs[section][name] != value]

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit import __version__
+from tlkit import __version__, distribute
 from tlkit.augment import AugmentedBatches, RandomAffine
 from tlkit.backbone import build_base, set_trainable_from, weights_identity
 from tlkit.config import Config
@@ -31,7 +34,8 @@ from tlkit.model import BASE_NAME, build_classifier, build_head, compile_model, 
 from tlkit.predict import class_probabilities
 from tlkit.plots import plot_curves
 from tlkit.files import write_json
-from tlkit.resume import CHECKPOINT_DIR, STATE_FILE, Checkpoint, EarlyStopping, find_interrupted_run
+from tlkit.resume import (CHECKPOINT_DIR, MACHINE_SETTINGS, STATE_FILE, Checkpoint, EarlyStopping,
+                          dataset_fingerprint, find_interrupted_run)
 from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
                         RUN_FORMAT, load_run, new_run_dir, save_run_model)
 
@@ -51,7 +55,8 @@ class TrainResult:
         class_names: Class names in label order.
         history: One ``{"name", "history"}`` entry per phase, with Keras's per-epoch logs.
         metrics: The contents of the run's ``metrics.json``.
-        run_dir: The run folder written.
+        run_dir: The run folder written (``None`` in the processes of a ``multiworker`` job other
+            than process 0, which writes it).
         config: The configuration used.
     """
 
@@ -59,7 +64,7 @@ class TrainResult:
     class_names: tuple[str, ...]
     history: list[dict]
     metrics: dict
-    run_dir: Path
+    run_dir: Path | None
     config: Config
 
 
@@ -101,7 +106,11 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     config = config or Config()
     if from_run is not None and config.train.mode != "finetune":
         raise TlkitError("--from is only for --mode finetune")
-    earlier = load_run(from_run) if from_run is not None else None
+    devices = distribute.resolve(config.train.distribute)  # first: a multiworker process joins its cluster
+    if resume and devices.processes > 1:
+        raise TlkitError("--resume is not available with --distribute multiworker; start the run again")
+    with devices.scope():  # an earlier run's model trains on every device too
+        earlier = load_run(from_run) if from_run is not None else None
     if earlier is not None:
         config = _adopt_earlier_run(earlier, config)
     index = scan(data, config.data)
@@ -111,10 +120,15 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     if earlier is not None and earlier.class_names != index.class_names:
         raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
                          f"but {index.root} has {', '.join(index.class_names)}")
+    distribute.agree(dataset_fingerprint(index), "their dataset files", devices)
+    distribute.agree(_settings_digest(config), "their settings", devices)
     resumed = checkpoint is not None
     if resumed:
         config = checkpoint.check_matches(data, index, config, from_run)
         out = Path(run_dir)
+    elif not devices.chief:  # process 0 writes the run; the others keep their checkpoints aside
+        existed, out = False, Path(tempfile.mkdtemp(prefix=f"tlkit-process-{devices.process}-"))
+        checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights_identity(config.train.weights))
     else:
         if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
             raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
@@ -124,17 +138,30 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         out = new_run_dir(run_dir, config.train.mode)
         checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
     try:
-        with precision_policy(config.train.precision):
-            result = _train_into(out, index, config, earlier, verbose, list(callbacks or []), checkpoint)
+        with precision_policy(config.train.precision), devices.scope():
+            result = _train_into(out, index, config, earlier, verbose, list(callbacks or []), checkpoint, devices)
     except BaseException as exc:
-        if checkpoint.has_progress():
+        if not devices.chief:
+            shutil.rmtree(out, ignore_errors=True)
+        elif checkpoint.has_progress():
             log.warning("training stopped (%s); the finished epochs are kept in %s: continue with "
                         "`tlkit train %s --run-dir %s --resume`", type(exc).__name__, out, data, out)
         elif not resumed:
             _discard(out, keep_folder=existed)
         raise
     checkpoint.remove()
+    if not devices.chief:
+        shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+def _settings_digest(config: Config) -> str:
+    """SHA-256 of the settings that must be the same in every process of a job (not the machine's own)."""
+    settings = config.to_dict()
+    for section, names in MACHINE_SETTINGS.items():
+        for name in names:
+            del settings[section][name]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _discard(out: Path, keep_folder: bool) -> None:
@@ -150,7 +177,7 @@ def _discard(out: Path, keep_folder: bool) -> None:
 
 
 def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose: int,
-                callbacks: list, checkpoint: Checkpoint) -> TrainResult:
+                callbacks: list, checkpoint: Checkpoint, devices: distribute.Devices) -> TrainResult:
     keras.utils.set_random_seed(config.data.seed)
     mode, settings = config.train.mode, config.train
     classes = len(index.class_names)
@@ -161,14 +188,15 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         epochs = settings.epochs if mode == "features" else settings.warmup_epochs
         features = extract(index, config, verbose)
         name = "features" if mode == "features" else "warmup (features)"
-        head, history = _fit_head_on_features(features, config, epochs, verbose, callbacks, checkpoint, name)
+        head, history = _fit_head_on_features(features, config, epochs, verbose, callbacks, checkpoint, name,
+                                              devices)
         phases.append({"name": name, "history": history})
         model = build_classifier(build_base(settings.weights, config.data.image_size, config.data.seed), head)
         skipped.update(features.skipped)
         if mode == "features":  # the head on cached features scores exactly as the whole model, faster
             scored = [name for name in ("val", "test") if name in index.files]
-            score = _scorer(head, {name: features.split(name)[:2] for name in scored}, index.class_names,
-                            settings.batch_size)
+            score = _scorer(devices.localized(head), {name: features.split(name)[:2] for name in scored},
+                            index.class_names, settings.batch_size, devices)
     if mode in ("frozen", "finetune"):
         splits = {name: load_split(index, name, config.data, progress=bool(verbose)) for name in index.files}
         for split in splits.values():
@@ -181,24 +209,29 @@ def _train_into(out: Path, index: DatasetIndex, config: Config, earlier, verbose
         epochs = settings.epochs if mode == "frozen" else settings.warmup_epochs
         name = "frozen" if mode == "frozen" else "warmup (frozen)"
         history = _fit_augmented(model, splits, config, epochs, settings.learning_rate, classes, verbose, callbacks,
-                                 checkpoint, len(phases), name)
+                                 checkpoint, len(phases), name, devices)
         phases.append({"name": name, "history": history})
     if earlier is not None:
         model = earlier.model
     if mode == "finetune":
         set_trainable_from(model.get_layer(BASE_NAME), settings.unfreeze_from)
         history = _fit_augmented(model, splits, config, settings.epochs, settings.finetune_learning_rate, classes,
-                                 verbose, callbacks, checkpoint, len(phases), "finetune")
+                                 verbose, callbacks, checkpoint, len(phases), "finetune", devices)
         phases.append({"name": "finetune", "history": history})
+    model = devices.localized(model)  # trained; from here on, predictions come from this process's devices
     if mode != "features":
         score = _scorer(model, {name: (split.images, split.labels) for name, split in splits.items()},
-                        index.class_names, settings.batch_size)
+                        index.class_names, settings.batch_size, devices)
     metrics = _final_metrics(score, index, phases, skipped, restored_best=settings.patience > 0)
     trained_on = np.array([label for path, label in zip(index.files["train"], index.labels["train"])
                            if str(path) not in skipped])  # the readable images, as the fits weighed them
     weights = class_weights(trained_on, classes, settings.class_weight)
     metrics["class_weight"] = None if weights is None else dict(zip(index.class_names, map(float, weights)))
-    _write_run(out, model, index, config, phases, metrics, earlier)
+    if not devices.chief:
+        log.info("process %d of %d done (val_accuracy %.4f); process 0 writes the run", devices.process,
+                 devices.processes, metrics["val_accuracy"])
+        return TrainResult(model, index.class_names, phases, metrics, None, config)
+    _write_run(out, model, index, config, phases, metrics, earlier, devices)
     log.info("run saved to %s (val_accuracy %.4f)", out, metrics["val_accuracy"])
     return TrainResult(model, index.class_names, phases, metrics, out, config)
 
@@ -221,7 +254,7 @@ def _adopt_earlier_run(earlier, config: Config) -> Config:
 
 
 def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, callbacks: list,
-                          checkpoint: Checkpoint, name: str):
+                          checkpoint: Checkpoint, name: str, devices: distribute.Devices):
     """Fit a fresh head on cached features; returns ``(head, history)``."""
     x_train, y_train, _ = features.split("train")
     x_val, y_val, _ = features.split("val")
@@ -234,16 +267,16 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, c
 
     def batches(epoch: int) -> Batches:
         return Batches(x_train, targets(y_train, classes), config.train.batch_size, shuffle=True,
-                       seed=config.data.seed, epoch=epoch, weights=weights)
+                       seed=config.data.seed, epoch=epoch, weights=weights, devices=devices)
 
-    history = _fit_phase(head, head, batches, (x_val, targets(y_val, classes)), epochs, config, verbose, callbacks,
-                         checkpoint, 0, name)
+    validation = Batches(x_val, targets(y_val, classes), config.train.batch_size, devices=devices)
+    history = _fit_phase(head, head, batches, validation, epochs, config, verbose, callbacks, checkpoint, 0, name)
     return head, history
 
 
 def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config, epochs: int,
                    learning_rate: float, classes: int, verbose: int, callbacks: list, checkpoint: Checkpoint,
-                   phase: int, name: str) -> dict:
+                   phase: int, name: str, devices: distribute.Devices) -> dict:
     """Fit the whole classifier on augmented training images, validating on plain ones.
 
     With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier
@@ -261,15 +294,15 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
 
         def batches(epoch: int) -> Batches:  # reading a batch is a memory copy: threads read ahead
             return Batches(train.images, labels, config.train.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                           weights=weights, workers=min(PREFETCH_THREADS, config.data.workers))
+                           weights=weights, devices=devices, workers=min(PREFETCH_THREADS, config.data.workers))
     else:
         trainer = model
 
         def batches(epoch: int) -> Batches:
             return AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed,
-                                    epoch=epoch, weights=weights)
+                                    epoch=epoch, weights=weights, devices=devices)
     compile_model(trainer, classes, config.train.optimizer, learning_rate)
-    validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size)
+    validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size, devices=devices)
     return _fit_phase(trainer, model, batches, validation, epochs, config, verbose, callbacks, checkpoint, phase,
                       name)
 
@@ -319,7 +352,8 @@ def _fit_phase(trainer: keras.Model, subject: keras.Model, batches, validation, 
     return saver.history
 
 
-def _scorer(model: keras.Model, data: dict, class_names: tuple[str, ...], batch_size: int):
+def _scorer(model: keras.Model, data: dict, class_names: tuple[str, ...], batch_size: int,
+            devices: distribute.Devices):
     """A function ``split name -> (loss, accuracy)`` of ``model`` on ``data[name] = (inputs, labels)``.
 
     Scored as ``tlkit evaluate`` scores, so the run's figures and a later evaluation agree.
@@ -327,7 +361,7 @@ def _scorer(model: keras.Model, data: dict, class_names: tuple[str, ...], batch_
 
     def score(name: str) -> tuple[float, float]:
         inputs, labels = data[name]
-        probabilities = class_probabilities(model, Batches(inputs, labels, batch_size))
+        probabilities = class_probabilities(model, inputs, batch_size, devices)
         report = classification_metrics(probabilities, labels, class_names)
         return report["loss"], report["accuracy"]
 
@@ -358,7 +392,7 @@ def _final_metrics(score, index: DatasetIndex, phases: list[dict], skipped: dict
 
 
 def _write_run(out: Path, model: keras.Model, index: DatasetIndex, config: Config, phases: list[dict],
-               metrics: dict, earlier) -> None:
+               metrics: dict, earlier, devices: distribute.Devices) -> None:
     """Write every file of the run; the model last, so a folder with a model is a whole run."""
     provenance = {
         "run_format": RUN_FORMAT,
@@ -370,6 +404,7 @@ def _write_run(out: Path, model: keras.Model, index: DatasetIndex, config: Confi
         "presplit": index.presplit,
         "class_names": list(index.class_names),
         "from_run": str(earlier.path) if earlier is not None else None,
+        "distribution": devices.describe(),
     }
     write_json(out / CLASSES_FILE, list(index.class_names))
     write_json(out / CONFIG_FILE, {**config.to_dict(), "provenance": provenance})

@@ -1,0 +1,242 @@
+"""Several devices and several processes: the same training, spread; every device really used.
+
+The multi-device tests run in fresh processes that show the backend two CPU devices (TensorFlow:
+logical devices; JAX: ``--xla_force_host_platform_device_count``), as on a machine with two GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tlkit
+from tlkit import distribute
+from tlkit.augment import AugmentedBatches
+from tlkit.cli import main
+from tlkit.config import AugmentConfig
+from tlkit.data import Batches
+from tlkit.distribute import Devices
+
+from conftest import REPO, make_dataset
+
+BACKEND = keras.backend.backend()
+#: A subprocess that trains for a minute is given this long before it counts as hung.
+SUBPROCESS_TIMEOUT = 600
+
+
+def two_devices(processes: int = 1, process: int = 0) -> Devices:
+    return Devices("mirrored" if processes == 1 else "multiworker", ("cpu:0", "cpu:1"), process, processes)
+
+
+def odd_dataset(root: Path) -> Path:
+    """10 + 9 images: 13 train and 6 val at val_split 0.3, so a batch of 8 leaves a last batch of 5."""
+    make_dataset(root, ("blue", "red"), per_class=10)
+    (root / "red" / "red_09.jpg").unlink()
+    return root
+
+
+def test_a_batch_is_padded_to_the_devices_with_rows_that_weigh_nothing():
+    rows, factors = two_devices().share(np.array([3, 5, 9]))
+    assert rows.tolist() == [3, 5, 9, 9] and factors.tolist() == pytest.approx([4 / 3, 4 / 3, 4 / 3, 0])
+    rows, factors = two_devices().share(np.array([1, 2]))
+    assert rows.tolist() == [1, 2] and factors.tolist() == [1, 1]
+    assert Devices("none", ("default",)).share(np.array([1, 2, 3]))[1] is None
+
+
+def test_each_process_feeds_its_own_part_of_the_padded_batch():
+    first = two_devices(processes=2, process=0).share(np.arange(3))  # padded to 4 rows, 2 per process
+    second = two_devices(processes=2, process=1).share(np.arange(3))
+    assert first[0].tolist() == [0, 1] and second[0].tolist() == [2, 2]
+    assert first[1].tolist() == pytest.approx([4 / 3, 4 / 3]) and second[1].tolist() == pytest.approx([4 / 3, 0])
+
+
+def test_padding_keeps_the_mean_loss_of_the_real_rows():
+    """The weighted loss Keras computes over a padded batch (sum over rows / rows) is the real rows' mean."""
+    losses = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    class_weights = np.array([1.0, 2.0, 1.0, 1.0, 3.0], np.float32)
+    devices = Devices("mirrored", ("a", "b", "c", "d"))
+    rows, factors = devices.share(np.arange(5))
+    padded_loss = np.sum(losses[rows] * class_weights[rows] * factors) / len(rows)
+    assert padded_loss == pytest.approx(np.mean(losses * class_weights))
+
+
+def test_batches_on_two_devices_always_carry_weights_and_pad_the_last_batch():
+    images, labels = np.arange(5 * 2).reshape(5, 2), np.arange(5)
+    batches = Batches(images, labels, batch_size=2, devices=two_devices())
+    x, y, w = batches[2]  # the fifth row alone, padded by a copy of itself
+    assert x.tolist() == [[8, 9], [8, 9]] and y.tolist() == [4, 4] and w.tolist() == [2, 0]
+    x, y, w = batches[0]
+    assert y.tolist() == [0, 1] and w.tolist() == [1, 1]
+    weighted = Batches(images, labels, batch_size=3, weights=np.full(5, 0.5, np.float32), devices=two_devices())
+    assert weighted[1][2].tolist() == [0.5, 0.5]  # rows 3, 4: no padding, the class weights as they are
+    assert len(Batches(images, labels, batch_size=2)[2]) == 2  # one device: no weights
+
+
+def test_cpu_augmentation_gives_the_processes_different_transforms():
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    config = AugmentConfig()
+    parts = [AugmentedBatches(images, np.zeros(4), 4, config, seed=1, devices=two_devices(2, p))[0][0]
+             for p in range(2)]
+    whole = AugmentedBatches(images, np.zeros(4), 4, config, seed=1)[0][0]
+    assert np.allclose(parts[0], whole[:2]) and np.allclose(parts[1], whole[2:])  # as one process draws them
+
+
+def test_prediction_pads_for_the_devices_and_cuts_the_padding_off(monkeypatch):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    rows = np.random.default_rng(0).normal(size=(7, 3)).astype("float32")
+    seen = []
+    original = model.predict
+    monkeypatch.setattr(model, "predict", lambda x, batch_size, verbose: seen.append((len(x), batch_size))
+                        or original(x, batch_size=batch_size, verbose=verbose))
+    three = Devices("mirrored", ("a", "b", "c"))
+    predicted = distribute.predict_rows(model, rows, batch_size=4, devices=three)
+    assert seen == [(9, 6)]  # 7 rows padded to 9, batches of 6: every batch divides by 3
+    np.testing.assert_allclose(predicted, original(rows, verbose=0), atol=1e-6)
+
+
+def test_distribute_choices_and_refusals(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    bad = CliRunner().invoke(main, ["train", str(data), "--distribute", "everywhere"])
+    assert bad.exit_code == 2 and "everywhere" in bad.output and bad.output.count("\n") == 1
+    refused = {"torch": ("mirrored", "not available on the PyTorch backend"),
+               "tensorflow": ("multiworker", "keras-team/keras#20585"),
+               "jax": ("multiworker", "set KERAS_DISTRIBUTION_NUM_PROCESSES")}[BACKEND]
+    result = CliRunner().invoke(main, ["train", str(data), "--distribute", refused[0], "--weights", "none",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and refused[1] in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    assert distribute.resolve("auto").count == 1  # no accelerators here: one device
+
+
+def test_mirrored_on_one_device_says_so_and_trains_on_it(tmp_path, config, caplog):
+    if BACKEND == "torch":
+        pytest.skip("PyTorch refuses mirrored (see test_distribute_choices_and_refusals)")
+    data = make_dataset(tmp_path / "d", per_class=4)
+    result = tlkit.train(data, config.replace(train={"distribute": "mirrored", "epochs": 1}), run_dir=tmp_path / "r",
+                         verbose=0)
+    assert "only one device" in caplog.text
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    assert recorded["provenance"]["distribution"]["devices"] == 1 and recorded["train"]["distribute"] == "mirrored"
+
+
+def test_resume_is_refused_across_processes(tmp_path, config, monkeypatch):
+    monkeypatch.setattr(distribute, "resolve", lambda mode: two_devices(processes=2))
+    with pytest.raises(tlkit.TlkitError, match="--resume is not available with --distribute multiworker"):
+        tlkit.train(make_dataset(tmp_path / "d", per_class=3), config, run_dir=tmp_path / "r", resume=True)
+
+
+def device_env(count: int) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    if BACKEND == "jax":
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+    return env
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="Keras has no multi-device training on PyTorch")
+def test_every_mode_on_two_devices_trains_as_one_device_does(tmp_path):
+    data = odd_dataset(tmp_path / "d")
+    out = tmp_path / "job" / "report.json"
+    out.parent.mkdir()
+    job = subprocess.run([sys.executable, str(REPO / "tests" / "distributed_job.py"), str(data), str(out), "2",
+                          "features", "frozen", "finetune"], env=device_env(2), capture_output=True, text=True,
+                         timeout=SUBPROCESS_TIMEOUT)
+    assert job.returncode == 0, job.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for mode, found in report.items():
+        assert found["images"] == {"train": 13, "val": 6}
+        one, two = found["distribution"]
+        assert one["devices"] == 1 and two == {"mode": "mirrored", "devices": 2, "processes": 1,
+                                               "names": two["names"]} and len(set(two["names"])) == 2
+        assert found["max_weight_difference"] < 1e-5, mode  # the same training, spread over two devices
+        assert found["val_loss"][1] == pytest.approx(found["val_loss"][0], abs=1e-5)
+        assert found["val_accuracy"][1] == found["val_accuracy"][0]
+        probe = found["probe"]  # every layer call of the training and validation steps, on both devices
+        assert probe and all(record["devices"] == 2 for record in probe), mode
+        assert {record["rows_per_device"] for record in probe} == {4, 3}  # batches of 8, the last 5 padded to 6
+        if BACKEND == "tensorflow":
+            assert {record["replica"] for record in probe} == {0, 1}
+        else:
+            assert all(record["rows_per_device"] * 2 == record["rows"] for record in probe)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="JAX draws for the whole batch in one program")
+def test_replicas_draw_their_own_augmentations(tmp_path):
+    """Under MirroredStrategy each replica reads the same seed state; RandomAffine still differs per replica."""
+    script = tmp_path / "draws.py"
+    script.write_text(
+        "import json, sys\n"
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "import keras\n"
+        "from tlkit.augment import RandomAffine\n"
+        "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+        "with strategy.scope():\n"
+        "    layer = RandomAffine(rotation_range=40, seed=3)\n"
+        "    plain = keras.random.SeedGenerator(3)\n"
+        "draw = tf.function(lambda: (layer.sample(4, 32)['theta'], keras.random.uniform((4,), seed=plain)))\n"
+        "ours, keras_own = strategy.run(draw)\n"
+        "print(json.dumps([[v.numpy().tolist() for v in ours.values], [v.numpy().tolist() for v in keras_own.values]]))\n")
+    job = subprocess.run([sys.executable, str(script)], env=device_env(2), capture_output=True, text=True,
+                         timeout=SUBPROCESS_TIMEOUT)
+    assert job.returncode == 0, job.stderr[-3000:]
+    ours, keras_own = json.loads(job.stdout.strip().splitlines()[-1])
+    assert keras_own[0] == keras_own[1]  # what a plain SeedGenerator gives every replica
+    assert ours[0] != ours[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="multiworker runs on JAX (TensorFlow's is refused: keras#20585)")
+def test_two_processes_on_localhost_train_as_one_device_does(tmp_path):
+    """Two processes of one device each, joined over 127.0.0.1: one run, written once, equal to one device's."""
+    data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=10)  # 14 train, 6 val: no padding
+    args = ["-m", "tlkit.cli", "train", str(data), "--mode", "finetune", "--epochs", "2", "--warmup-epochs", "1",
+            "--image-size", "32", "--weights", "none", "--batch-size", "8", "--patience", "0", "--val-split", "0.3",
+            "--cache-dir", str(tmp_path / "cache"), "--distribute", "multiworker", "--run-dir", str(tmp_path / "run"),
+            "--quiet"]
+    port = free_port()
+    jobs = []
+    for process in range(2):
+        env = {**device_env(1), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(process),
+               "TMPDIR": str(tmp_path)}
+        jobs.append(subprocess.Popen([sys.executable, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [job.communicate(timeout=SUBPROCESS_TIMEOUT) for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+    for job, (stdout, stderr) in zip(jobs, outputs):
+        assert job.returncode == 0, stderr[-3000:]
+    assert outputs[0][0].startswith(f"run: {tmp_path / 'run'}\n")
+    assert outputs[1][0].startswith("run: written by process 0 of the job\n")
+    assert outputs[0][0].splitlines()[1] == outputs[1][0].splitlines()[1]  # the same val_accuracy and val_loss
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "d", "run"]  # process 1 left nothing behind
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["provenance"]["distribution"]
+    assert recorded["mode"] == "multiworker" and recorded["processes"] == 2 and recorded["devices"] == 2
+
+    config = tlkit.Config().replace(
+        data={"image_size": 32, "cache_dir": str(tmp_path / "cache"), "val_split": 0.3},
+        train={"mode": "finetune", "epochs": 2, "warmup_epochs": 1, "weights": "none", "batch_size": 8,
+               "patience": 0, "distribute": "none"})
+    alone = tlkit.train(data, config, run_dir=tmp_path / "alone", verbose=0)
+    spread = tlkit.load_run(tmp_path / "run")
+    for mine, theirs in zip(alone.model.get_weights(), spread.model.get_weights()):
+        np.testing.assert_allclose(theirs, mine, atol=1e-5)  # augmentation and dropout included
+    assert spread.metrics["val_loss"] == pytest.approx(alone.metrics["val_loss"], abs=1e-5)
