@@ -246,7 +246,7 @@ def main() -> None:
                         help="tlkit's compute precision (the classic recipe is float32)")
     parser.add_argument("--predict-images", default="1000,10000",
                         help="predict stage: image counts, each predicted by a fresh process")
-    parser.add_argument("--distribute", default=tlkit.TrainConfig().distribute, choices=tlkit.config.DISTRIBUTE,
+    parser.add_argument("--distribute", default=tlkit.TrainConfig().distribute, choices=("auto", "none", "mirrored"),
                         help="the devices tlkit's side trains and extracts on (the classic side uses one)")
     args = parser.parse_args()
 

@@ -6,8 +6,9 @@ The devices are CPU devices the backend is told to show: TensorFlow's logical de
 before TensorFlow starts), JAX's host devices (``XLA_FLAGS``, set by the caller before JAX starts).
 Every ``Dense`` layer call is probed, to see how the training steps were spread over the devices:
 on TensorFlow each replica prints its index and its share of the batch; on JAX the sharding XLA
-gave the layer's input is recorded. Writes, per mode, the final figures of both runs, the largest
-difference between their weights, the run's recorded distribution and the probe's records.
+gave the layer's input is recorded. Writes, per mode, the final figures and the
+validation history of both runs, the largest difference between their weights, the runs' recorded
+distribution and the probe's records.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main(data: str, out: str, devices: int, modes: list[str]) -> None:
                                  run_dir=Path(out).parent / f"{mode}-{distribute}", verbose=0)
             provenance = json.loads((result.run_dir / "config.json").read_text())["provenance"]
             runs[distribute] = {"weights": result.model.get_weights(), "metrics": result.metrics,
+                                "history": result.history[-1]["history"],
                                 "distribution": provenance["distribution"],
                                 "probe": tf_records(records_file) if BACKEND == "tensorflow" else list(records)}
         one, many = runs["none"], runs["mirrored"]
@@ -97,6 +99,7 @@ def main(data: str, out: str, devices: int, modes: list[str]) -> None:
             "max_weight_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(one["weights"], many["weights"])),
             "val_loss": [one["metrics"]["val_loss"], many["metrics"]["val_loss"]],
             "val_accuracy": [one["metrics"]["val_accuracy"], many["metrics"]["val_accuracy"]],
+            "val_history": [{key: run["history"][key] for key in ("val_loss", "val_accuracy")} for run in (one, many)],
             "images": many["metrics"]["images"],
             "distribution": [one["distribution"], many["distribution"]],
             "probe": many["probe"],

@@ -37,10 +37,12 @@ def two_devices(processes: int = 1, process: int = 0) -> Devices:
     return Devices("mirrored" if processes == 1 else "multiworker", ("cpu:0", "cpu:1"), process, processes)
 
 
-def odd_dataset(root: Path) -> Path:
-    """10 + 9 images: 13 train and 6 val at val_split 0.3, so a batch of 8 leaves a last batch of 5."""
-    make_dataset(root, ("blue", "red"), per_class=10)
-    (root / "red" / "red_09.jpg").unlink()
+def uneven_dataset(root: Path, blue: int, red: int) -> Path:
+    """``blue`` + ``red`` noisy colour images."""
+    make_dataset(root, ("blue", "red"), per_class=max(blue, red))
+    for name, count in (("blue", blue), ("red", red)):
+        for i in range(count, max(blue, red)):
+            (root / name / f"{name}_{i:02d}.jpg").unlink()
     return root
 
 
@@ -81,6 +83,18 @@ def test_batches_on_two_devices_always_carry_weights_and_pad_the_last_batch():
     assert len(Batches(images, labels, batch_size=2)[2]) == 2  # one device: no weights
 
 
+def test_validation_batches_weigh_the_epoch_so_that_its_mean_is_the_real_rows_mean():
+    """Keras averages an epoch's batch losses weighing each by its rows (padding included)."""
+    losses = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    batches = Batches(np.arange(5), np.arange(5), batch_size=2, devices=two_devices(), whole_epoch=True)
+    total = rows = 0
+    for index in range(len(batches)):
+        _, y, w = batches[index]
+        total += np.sum(losses[y] * w)  # the batch's loss times its rows: sum(w * l) / rows * rows
+        rows += len(y)
+    assert rows == 6 and total / rows == pytest.approx(losses.mean())
+
+
 def test_cpu_augmentation_gives_the_processes_different_transforms():
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     config = AugmentConfig()
@@ -110,17 +124,36 @@ def test_distribute_choices_and_refusals(tmp_path):
     assert bad.exit_code == 2 and "everywhere" in bad.output and bad.output.count("\n") == 1
     refused = {"torch": ("mirrored", "not available on the PyTorch backend"),
                "tensorflow": ("multiworker", "keras-team/keras#20585"),
-               "jax": ("multiworker", "set KERAS_DISTRIBUTION_NUM_PROCESSES")}[BACKEND]
+               "jax": ("multiworker", "KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID in every")}[BACKEND]
     result = CliRunner().invoke(main, ["train", str(data), "--distribute", refused[0], "--weights", "none",
                                        "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1 and refused[1] in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "run").exists()
-    assert distribute.resolve("auto").count == 1  # no accelerators here: one device
+    for command in ("extract", "cv"):  # only training spreads over machines
+        one = CliRunner().invoke(main, [command, str(data), "--distribute", "multiworker"])
+        assert one.exit_code == 2 and "is for tlkit train" in one.output and one.output.count("\n") == 1
+    if accelerators() < 2:
+        assert distribute.resolve("auto").count == 1
 
 
-def test_mirrored_on_one_device_says_so_and_trains_on_it(tmp_path, config, caplog):
-    if BACKEND == "torch":
-        pytest.skip("PyTorch refuses mirrored (see test_distribute_choices_and_refusals)")
+def accelerators() -> int:
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_logical_devices("GPU"))
+    if BACKEND == "jax":
+        import jax
+
+        return 0 if jax.devices()[0].platform == "cpu" else jax.device_count()
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def test_mirrored_on_one_device_says_so_and_trains_on_it(tmp_path, config, caplog, monkeypatch):
+    if BACKEND == "torch" or accelerators() > 1:
+        pytest.skip("PyTorch refuses mirrored (see test_distribute_choices_and_refusals); several GPUs here")
+    monkeypatch.setattr(distribute, "_resolved", {})  # resolved anew, so that it says so again
     data = make_dataset(tmp_path / "d", per_class=4)
     result = tlkit.train(data, config.replace(train={"distribute": "mirrored", "epochs": 1}), run_dir=tmp_path / "r",
                          verbose=0)
@@ -129,10 +162,14 @@ def test_mirrored_on_one_device_says_so_and_trains_on_it(tmp_path, config, caplo
     assert recorded["provenance"]["distribution"]["devices"] == 1 and recorded["train"]["distribute"] == "mirrored"
 
 
-def test_resume_is_refused_across_processes(tmp_path, config, monkeypatch):
-    monkeypatch.setattr(distribute, "resolve", lambda mode: two_devices(processes=2))
-    with pytest.raises(tlkit.TlkitError, match="--resume is not available with --distribute multiworker"):
-        tlkit.train(make_dataset(tmp_path / "d", per_class=3), config, run_dir=tmp_path / "r", resume=True)
+def test_resume_is_refused_across_processes_before_anything_is_touched(tmp_path, config):
+    run = tmp_path / "r"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.json").write_text("{}")
+    with pytest.raises(tlkit.TlkitError, match="continue the run on one machine"):
+        tlkit.train(make_dataset(tmp_path / "d", per_class=3), config.replace(train={"distribute": "multiworker"}),
+                    run_dir=run, resume=True)
+    assert (run / "checkpoint" / "state.json").read_text() == "{}"
 
 
 def device_env(count: int) -> dict:
@@ -144,7 +181,7 @@ def device_env(count: int) -> dict:
 
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras has no multi-device training on PyTorch")
 def test_every_mode_on_two_devices_trains_as_one_device_does(tmp_path):
-    data = odd_dataset(tmp_path / "d")
+    data = uneven_dataset(tmp_path / "d", blue=10, red=12)  # 15 train, 7 val: batches of 8 and 7
     out = tmp_path / "job" / "report.json"
     out.parent.mkdir()
     job = subprocess.run([sys.executable, str(REPO / "tests" / "distributed_job.py"), str(data), str(out), "2",
@@ -153,16 +190,19 @@ def test_every_mode_on_two_devices_trains_as_one_device_does(tmp_path):
     assert job.returncode == 0, job.stderr[-3000:]
     report = json.loads(out.read_text())
     for mode, found in report.items():
-        assert found["images"] == {"train": 13, "val": 6}
+        assert found["images"] == {"train": 15, "val": 7}
         one, two = found["distribution"]
         assert one["devices"] == 1 and two == {"mode": "mirrored", "devices": 2, "processes": 1,
                                                "names": two["names"]} and len(set(two["names"])) == 2
         assert found["max_weight_difference"] < 1e-5, mode  # the same training, spread over two devices
         assert found["val_loss"][1] == pytest.approx(found["val_loss"][0], abs=1e-5)
         assert found["val_accuracy"][1] == found["val_accuracy"][0]
+        logged, spread = found["val_history"]  # per-epoch validation logs, padding and all: as on one device
+        np.testing.assert_allclose(spread["val_accuracy"], logged["val_accuracy"], atol=1e-6)  # 3 of 7, not 4 of 8
+        np.testing.assert_allclose(spread["val_loss"], logged["val_loss"], atol=1e-5)
         probe = found["probe"]  # every layer call of the training and validation steps, on both devices
         assert probe and all(record["devices"] == 2 for record in probe), mode
-        assert {record["rows_per_device"] for record in probe} == {4, 3}  # batches of 8, the last 5 padded to 6
+        assert {record["rows_per_device"] for record in probe} == {4}  # the batches of 7 padded to 8
         if BACKEND == "tensorflow":
             assert {record["replica"] for record in probe} == {0, 1}
         else:
@@ -204,26 +244,12 @@ def free_port() -> int:
 @pytest.mark.skipif(BACKEND != "jax", reason="multiworker runs on JAX (TensorFlow's is refused: keras#20585)")
 def test_two_processes_on_localhost_train_as_one_device_does(tmp_path):
     """Two processes of one device each, joined over 127.0.0.1: one run, written once, equal to one device's."""
-    data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=10)  # 14 train, 6 val: no padding
-    args = ["-m", "tlkit.cli", "train", str(data), "--mode", "finetune", "--epochs", "2", "--warmup-epochs", "1",
-            "--image-size", "32", "--weights", "none", "--batch-size", "8", "--patience", "0", "--val-split", "0.3",
-            "--cache-dir", str(tmp_path / "cache"), "--distribute", "multiworker", "--run-dir", str(tmp_path / "run"),
-            "--quiet"]
-    port = free_port()
-    jobs = []
-    for process in range(2):
-        env = {**device_env(1), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
-               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(process),
-               "TMPDIR": str(tmp_path)}
-        jobs.append(subprocess.Popen([sys.executable, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [job.communicate(timeout=SUBPROCESS_TIMEOUT) for job in jobs]
-    finally:
-        for job in jobs:
-            job.kill()
-    for job, (stdout, stderr) in zip(jobs, outputs):
-        assert job.returncode == 0, stderr[-3000:]
+    data = uneven_dataset(tmp_path / "d", blue=12, red=9)  # 14 train (batches of 8 and 6), 7 val (padded to 8)
+    args = ["train", str(data), "--mode", "finetune", "--epochs", "2", "--warmup-epochs", "1", "--image-size", "32",
+            "--weights", "none", "--batch-size", "8", "--patience", "0", "--val-split", "0.3", "--cache-dir",
+            str(tmp_path / "cache"), "--distribute", "multiworker", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    codes, outputs = two_processes(args, tmp_path)
+    assert codes == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     assert outputs[0][0].startswith(f"run: {tmp_path / 'run'}\n")
     assert outputs[1][0].startswith("run: written by process 0 of the job\n")
     assert outputs[0][0].splitlines()[1] == outputs[1][0].splitlines()[1]  # the same val_accuracy and val_loss
@@ -240,3 +266,50 @@ def test_two_processes_on_localhost_train_as_one_device_does(tmp_path):
     for mine, theirs in zip(alone.model.get_weights(), spread.model.get_weights()):
         np.testing.assert_allclose(theirs, mine, atol=1e-5)  # augmentation and dropout included
     assert spread.metrics["val_loss"] == pytest.approx(alone.metrics["val_loss"], abs=1e-5)
+    for ours, theirs in zip(alone.history, json.loads((tmp_path / "run" / "history.json").read_text())):
+        np.testing.assert_allclose(theirs["history"]["val_loss"], ours["history"]["val_loss"], atol=1e-5)
+        np.testing.assert_allclose(theirs["history"]["val_accuracy"], ours["history"]["val_accuracy"], atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="multiworker runs on JAX")
+@pytest.mark.parametrize("problem", ["run folder", "data"])
+def test_a_process_that_cannot_start_stops_the_whole_job_with_its_error(tmp_path, problem):
+    """Process 0 alone finds its --run-dir taken, or the processes hold different files: all stop, promptly."""
+    data = [make_dataset(tmp_path / f"d{process}", per_class=4) for process in range(2)]
+    if problem == "data":
+        (data[1] / "red" / "red_00.jpg").unlink()
+    (tmp_path / "run").mkdir()
+    if problem == "run folder":
+        (tmp_path / "run" / "mine.txt").write_text("keep me")
+    args = ["train", "{data}", "--image-size", "32", "--weights", "none", "--epochs", "1", "--cache-dir",
+            "{cache}", "--distribute", "multiworker", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    codes, outputs = two_processes(args, tmp_path, per_process={"data": data, "cache": [tmp_path / "c0",
+                                                                                         tmp_path / "c1"]})
+    said = {"run folder": "already exists and is not empty", "data": "the processes differ in their dataset files"}
+    assert codes == [1, 1], outputs
+    for process, (stdout, stderr) in enumerate(outputs):
+        error = [line for line in stderr.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and said[problem] in error[0] and not stdout, stderr[-2000:]
+        if problem == "run folder" and process == 1:
+            assert error[0].startswith("Error: process 0 of the job: ")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == (["mine.txt"] if problem == "run folder" else [])
+
+
+def two_processes(args: list[str], cwd: Path, per_process: dict | None = None) -> tuple[list[int], list[tuple]]:
+    """Run ``tlkit ARGS`` as the two processes of one job on 127.0.0.1 (one CPU device each); their exit
+    codes and ``(stdout, stderr)``. ``{name}`` in an argument takes ``per_process[name][process]``."""
+    port = free_port()
+    jobs = []
+    for process in range(2):
+        env = {**device_env(1), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(process)}
+        mine = [arg.format(**{name: values[process] for name, values in (per_process or {}).items()})
+                for arg in args]
+        jobs.append(subprocess.Popen([sys.executable, "-m", "tlkit.cli", *mine], env=env, cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [job.communicate(timeout=SUBPROCESS_TIMEOUT) for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+    return [job.returncode for job in jobs], outputs

@@ -216,6 +216,13 @@ def test_resume_finds_the_same_files_at_another_path(tmp_path, interrupted):
     assert_same_training(interrupted.run, interrupted.whole)
 
 
+def test_resume_may_name_other_devices(interrupted):
+    """--distribute describes the machine, as --workers does: a resume may change it."""
+    tlkit.train(interrupted.data, interrupted.config.replace(train={"distribute": "none"}), run_dir=interrupted.run,
+                verbose=0, resume=True)
+    assert_same_training(interrupted.run, interrupted.whole)
+
+
 def test_resume_without_run_dir_takes_the_latest_interrupted_run(tmp_path, interrupted):
     (tmp_path / "runs").mkdir()
     run = interrupted.run.rename(tmp_path / "runs" / "20260101-000000-finetune")

@@ -123,6 +123,14 @@ def build_config(config_file: str | None, options: dict, base: cfg.Config | None
     return base.replace(**sections)
 
 
+def one_machine(config: cfg.Config) -> cfg.Config:
+    """``config``, refused when it asks for several machines: only ``tlkit train`` spreads over them."""
+    if config.train.distribute == "multiworker":
+        raise click.UsageError("--distribute multiworker is for tlkit train (each machine would repeat the "
+                               "whole job); here use mirrored for every device of this machine")
+    return config
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
@@ -157,7 +165,7 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
     _setup_logging(quiet)
     from tlkit.features import extract as extract_features
 
-    features = extract_features(data, build_config(config_file, options), verbose=0 if quiet else 1)
+    features = extract_features(data, one_machine(build_config(config_file, options)), verbose=0 if quiet else 1)
     state = "reused" if features.reused else "written"
     click.echo(f"features {state}: {features.path} ({len(features.skipped)} file(s) skipped)")
 
@@ -296,7 +304,7 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
     _setup_logging(quiet)
     from tlkit.cv import cross_validate
 
-    result = cross_validate(data, build_config(config_file, options), folds, repeats,
+    result = cross_validate(data, one_machine(build_config(config_file, options)), folds, repeats,
                             verbose=0 if quiet or as_json else 1)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))

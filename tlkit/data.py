@@ -518,6 +518,11 @@ class Batches(keras.utils.PyDataset):
         weights: A sample weight per row (class weights), given with each batch; none if omitted.
         devices: The devices a batch is spread over (:meth:`tlkit.distribute.Devices.share`): each
             batch padded to a multiple of them, and this process's part of it; one device if omitted.
+        whole_epoch: On several devices, scale the real rows of every batch by one factor, the
+            epoch's padded rows over its real rows, so that Keras's mean over the epoch (each batch
+            weighed by its rows, padding included) is the real rows' mean: for validation. Otherwise
+            each batch's real rows are scaled by its own padded / real, so that each step's gradient
+            is the mean over its real rows: for training.
 
     Each epoch's order and random stream are drawn from ``(seed, epoch)`` alone, ``epoch``
     counting Keras's ``on_epoch_end`` calls, so a run resumed at some epoch sees the batches an
@@ -526,10 +531,15 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, devices=None, **kwargs) -> None:
+                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, devices=None,
+                 whole_epoch: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle, self.seed = images, labels, batch_size, shuffle, seed
         self.weights, self.devices = weights, devices
+        self.factor = None
+        if devices is not None and whole_epoch and len(images):
+            last = len(images) - (len(self) - 1) * batch_size
+            self.factor = ((len(self) - 1) * devices.padded(batch_size) + devices.padded(last)) / len(images)
         self.begin_epoch(epoch)
 
     def begin_epoch(self, epoch: int) -> None:
@@ -548,7 +558,7 @@ class Batches(keras.utils.PyDataset):
     def share(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows of batch ``index`` this process feeds, and their loss-weight factors (``None``: all 1)."""
         rows = self.rows(index)
-        return (rows, None) if self.devices is None else self.devices.share(rows)
+        return (rows, None) if self.devices is None else self.devices.share(rows, self.factor)
 
     def __getitem__(self, index: int):
         rows, factors = self.share(index)

@@ -19,9 +19,11 @@
 ``batch_size`` stays the global batch. Every device takes an equal share of each batch: a batch
 the devices do not divide is padded with copies of its last row that weigh zero in the loss, and
 its real rows' weights are scaled by ``padded / real``, so that the gradient is the mean over the
-real rows, as on one device. (Keras logs a batch's loss and accuracy as if all its rows were real:
-per-epoch logs count those at most ``devices - 1`` padding rows of each epoch's last batch; the
-run's final figures are computed without them.)
+real rows, as on one device. Validation batches are scaled by one factor for the whole epoch, and
+accuracy is weighed too (``compile_model(weighted_accuracy=True)``), so that Keras's per-epoch
+validation figures are one device's (see :class:`tlkit.data.Batches`).
+
+Before training, the processes of a job :func:`settle`: all go on, or all stop with the same error.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ log = logging.getLogger("tlkit")
 CLUSTER_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
 #: Rows handed to one ``model.predict`` call by :func:`predict_rows` (memory stays bounded by it).
 PREDICT_CHUNK = 1024
+#: Bytes of the error message one process tells the others in :func:`settle`.
+SETTLE_BYTES = 1024
+#: Digests (SHA-256) the processes compare in :func:`settle`, at most.
+SETTLE_DIGESTS = 4
 #: Apart by this much, the seeds of the replicas of a TensorFlow strategy never meet (a prime, above 2**20).
 REPLICA_SEED_STRIDE = 1_048_583
 
@@ -94,19 +100,24 @@ class Devices:
         """Models built inside are replicated over this process's devices (for inference)."""
         return nullcontext() if self.local_engine is None else self.local_engine.scope()
 
-    def share(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def padded(self, count: int) -> int:
+        """The rows a batch of ``count`` rows becomes: the next multiple of :attr:`count`."""
+        return -(-count // self.count) * self.count
+
+    def share(self, rows: np.ndarray, factor: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows of one batch that this process feeds, and their loss-weight factors.
 
         The batch is padded to a multiple of :attr:`count` with copies of its last row (factor 0),
-        the real rows getting factor ``padded / len(rows)``; in several processes each feeds its
-        consecutive slice. On one device: ``(rows, None)``.
+        the real rows getting ``factor``, by default ``padded / len(rows)`` (the batch's mean loss
+        is then its real rows' mean); in several processes each feeds its consecutive slice. On one
+        device: ``(rows, None)``.
         """
         if self.count == 1:
             return rows, None
-        padded = -(-len(rows) // self.count) * self.count
+        padded = self.padded(len(rows))
         factors = np.zeros(padded, dtype=np.float32)
-        factors[:len(rows)] = padded / len(rows)
-        rows = np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows))])
+        factors[:len(rows)] = padded / len(rows) if factor is None else factor
+        rows = np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows), axis=0)])
         mine = self.part(padded)
         return rows[mine], factors[mine]
 
@@ -247,10 +258,10 @@ def _jax_local(mode: str) -> Devices:
 def _jax_cluster() -> Devices:
     import jax
 
-    missing = [name for name in CLUSTER_ENV[1:] if name not in os.environ]
+    missing = [name for name in CLUSTER_ENV if name not in os.environ]
     if missing:
-        raise TlkitError(f"--distribute multiworker: set {', '.join(missing)} (and "
-                         f"{CLUSTER_ENV[0]} to the coordinator's host:port) in every process")
+        raise TlkitError(f"--distribute multiworker: set {', '.join(missing)} in every process "
+                         f"({CLUSTER_ENV[0]}: process 0's host:port)")
     # Collectives between the CPUs of several processes go through gloo (GPUs use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -268,22 +279,39 @@ def _jax_cluster() -> Devices:
     return Devices("multiworker", tuple(names), jax.process_index(), jax.process_count(), engine, local)
 
 
-def agree(value: str, what: str, devices: Devices) -> None:
-    """Check that every process of a multi-process job holds the same ``value`` (a digest).
+def settle(devices: Devices, error: str | None, digests: dict[str, str] | None) -> None:
+    """Make every process of a job go on together, or stop together with the same error.
+
+    Each process says whether its preparation failed (``error``) or what it prepared (``digests``:
+    up to :data:`SETTLE_DIGESTS` of name -> SHA-256 hex digest, such as its dataset's); if any
+    failed, or a digest differs between processes, every process raises the same error. (A process
+    that stopped alone would leave the others waiting for it in their first collective step.)
+    One process: nothing to do.
 
     Raises:
-        TlkitError: If one differs, naming ``what``.
+        TlkitError: The first failed process's error, or naming what differs.
     """
     if devices.processes == 1:
         return
     from jax.experimental import multihost_utils
 
-    digest = np.frombuffer(bytes.fromhex(value)[:16], dtype=np.uint32)
-    try:
-        multihost_utils.assert_equal(digest, what)
-    except AssertionError:
-        raise TlkitError(f"--distribute multiworker: the processes differ in {what}; every process must "
-                         "run the same command on the same files") from None
+    said = (error or "").encode()[:SETTLE_BYTES - 1]
+    names = sorted(digests or {})
+    record = np.zeros(SETTLE_BYTES + 32 * SETTLE_DIGESTS, dtype=np.uint8)  # the same size in every process
+    record[0], record[1:1 + len(said)] = bool(error), np.frombuffer(said, np.uint8)
+    for position, name in enumerate(names):
+        record[SETTLE_BYTES + 32 * position:SETTLE_BYTES + 32 * (position + 1)] = np.frombuffer(
+            bytes.fromhex(digests[name]), np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(record))  # (processes, len(record))
+    for process, theirs in enumerate(everyone):
+        if theirs[0]:
+            message = bytes(theirs[1:SETTLE_BYTES]).rstrip(b"\0").decode(errors="replace")
+            raise TlkitError(message if process == devices.process else f"process {process} of the job: {message}")
+    for position, name in enumerate(names):
+        part = slice(SETTLE_BYTES + 32 * position, SETTLE_BYTES + 32 * (position + 1))
+        if len({bytes(theirs[part]) for theirs in everyone}) > 1:
+            raise TlkitError(f"--distribute multiworker: the processes differ in {name}; every process must run "
+                             "the same command on the same files")
 
 
 @contextmanager

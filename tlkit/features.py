@@ -101,6 +101,7 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
             decoded images.
     """
     config = config or Config()
+    devices = distribute.resolve(config.train.distribute)  # first: a multiworker process joins its cluster
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
     recipe = manifest(index, config)
     folder = cache_folder(config.data.cache_dir, "features", recipe)
@@ -109,19 +110,19 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
         log.info("feature cache up to date, reusing %s", folder)
     else:
         log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
-        _compute(index, config, recipe, folder, verbose)
+        _compute(index, config, recipe, folder, verbose, devices)
     undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
     return FeatureSet(index, folder, reused, {**index.skipped, **undecodable})
 
 
-def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int) -> None:
+def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int,
+             devices: distribute.Devices) -> None:
     """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
 
     Images come from the decoded-image caches (built here if missing), read a chunk at a time
     across all splits, and their features are written into the table as they are computed.
     """
     row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
-    devices = distribute.resolve(config.train.distribute)
     with precision_policy(config.train.precision), devices.local_scope():
         extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
     skipped: dict[str, str] = {}

@@ -64,10 +64,16 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
             "nadam": keras.optimizers.Nadam}[name](learning_rate=learning_rate)
 
 
-def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float) -> None:
-    """Compile with the loss that fits the class count and an accuracy metric."""
+def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float,
+                  weighted_accuracy: bool = False) -> None:
+    """Compile with the loss that fits the class count and an accuracy metric.
+
+    ``weighted_accuracy``: weigh the accuracy by the sample weights too, as on several devices,
+    where padding rows weigh zero (see :mod:`tlkit.distribute`).
+    """
     loss = "binary_crossentropy" if is_binary(num_classes) else "sparse_categorical_crossentropy"
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=["accuracy"])
+    metrics = {"weighted_metrics" if weighted_accuracy else "metrics": ["accuracy"]}
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, **metrics)
 
 
 def targets(labels, num_classes: int):

@@ -94,16 +94,17 @@ class Checkpoint:
     """The ``checkpoint/`` folder of a run that is training (see the module docstring).
 
     Args:
-        run_dir: The run folder.
+        run_dir: The run folder; ``None`` keeps the state in memory and writes nothing (the processes
+            of a multi-process job other than process 0, which checkpoints for all).
         state: The contents of ``state.json``.
     """
 
-    def __init__(self, run_dir: Path, state: dict) -> None:
-        self.folder = Path(run_dir) / CHECKPOINT_DIR
+    def __init__(self, run_dir: Path | None, state: dict) -> None:
+        self.folder = None if run_dir is None else Path(run_dir) / CHECKPOINT_DIR
         self.state = state
 
     @classmethod
-    def create(cls, run_dir: Path, data: Path, index: DatasetIndex, config: Config, from_run: Path | None,
+    def create(cls, run_dir: Path | None, data: Path, index: DatasetIndex, config: Config, from_run: Path | None,
                weights: str) -> Checkpoint:
         """Start the checkpoint of a new run: what it trains on and with (``weights``: their identity)."""
         checkpoint = cls(run_dir, {
@@ -117,8 +118,9 @@ class Checkpoint:
             "current": None,
             "arrays": {},
         })
-        checkpoint.folder.mkdir(parents=True, exist_ok=True)
-        checkpoint._write_state()
+        if checkpoint.folder is not None:
+            checkpoint.folder.mkdir(parents=True, exist_ok=True)
+            checkpoint._write_state()
         return checkpoint
 
     @classmethod
@@ -253,7 +255,8 @@ class Checkpoint:
 
     def remove(self) -> None:
         """Delete the checkpoint (the run is whole)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     @staticmethod
     def remove_leftover(run_dir: str | Path) -> None:
@@ -264,6 +267,8 @@ class Checkpoint:
             log.info("removed the leftover checkpoint of the finished run %s", run_dir)
 
     def _save(self, name: str, values) -> None:
+        if self.folder is None:
+            return
         arrays = [np.asarray(keras.ops.convert_to_numpy(v)) for v in values]
         atomic_write(self.folder / name, lambda tmp: np.savez(tmp, *arrays))
         self.state["arrays"][name] = [(self.folder / name).stat().st_size, digest(self.folder / name, "crc32")]
@@ -295,6 +300,8 @@ class Checkpoint:
         stopping = (self.state["current"] or {}).get("early_stopping") or {}
         named |= {f"phase-{i}.npz" for i in range(len(self.state["phases"]))} | {stopping.get("best_weights")}
         self.state["arrays"] = {name: record for name, record in self.state["arrays"].items() if name in named}
+        if self.folder is None:
+            return
         write_json(self.folder / STATE_FILE, self.state)
         for path in self.folder.glob("*.npz"):
             if path.name not in named:

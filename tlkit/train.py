@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +40,9 @@ from tlkit.runs import (CLASSES_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, ME
 
 log = logging.getLogger("tlkit")
 
+#: Why a run of several processes is not resumed by them all, and what to do instead.
+MULTIWORKER_RESUME = ("--resume is not available with --distribute multiworker: continue the run on one machine "
+                      "(--resume --distribute mirrored), or start the job again with another --run-dir")
 #: Threads reading training batches ahead of the device (augmentation on the device only: the CPU
 #: path's ImageDataGenerator draws from one random stream, so its batches are made one at a time).
 PREFETCH_THREADS = 4
@@ -94,6 +96,8 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     Raises:
         TlkitError: On bad data, options or runs, or a resume whose data or settings changed.
     """
+    if resume and config is not None and config.train.distribute == "multiworker":
+        raise TlkitError(MULTIWORKER_RESUME)  # before anything is read or removed
     if resume and run_dir is None:
         run_dir = find_interrupted_run()
     if resume and (Path(run_dir) / MODEL_FILE).exists():
@@ -106,61 +110,73 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     config = config or Config()
     if from_run is not None and config.train.mode != "finetune":
         raise TlkitError("--from is only for --mode finetune")
+    if resume and config.train.distribute == "multiworker":
+        raise TlkitError(MULTIWORKER_RESUME)
     devices = distribute.resolve(config.train.distribute)  # first: a multiworker process joins its cluster
-    if resume and devices.processes > 1:
-        raise TlkitError("--resume is not available with --distribute multiworker; start the run again")
-    with devices.scope():  # an earlier run's model trains on every device too
-        earlier = load_run(from_run) if from_run is not None else None
-    if earlier is not None:
-        config = _adopt_earlier_run(earlier, config)
-    index = scan(data, config.data)
-    require_classes(index)
-    if not index.files["val"]:
-        raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
-    if earlier is not None and earlier.class_names != index.class_names:
-        raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
-                         f"but {index.root} has {', '.join(index.class_names)}")
-    distribute.agree(dataset_fingerprint(index), "their dataset files", devices)
-    distribute.agree(_settings_digest(config), "their settings", devices)
-    resumed = checkpoint is not None
-    if resumed:
-        config = checkpoint.check_matches(data, index, config, from_run)
-        out = Path(run_dir)
-    elif not devices.chief:  # process 0 writes the run; the others keep their checkpoints aside
-        existed, out = False, Path(tempfile.mkdtemp(prefix=f"tlkit-process-{devices.process}-"))
-        checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights_identity(config.train.weights))
-    else:
-        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
-            raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
-                             "or choose another --run-dir")
+    made = None  # (folder, whether it existed) of a new run folder, removed again if the job stops here
+    try:
+        with devices.scope():  # an earlier run's model trains on every device too
+            earlier = load_run(from_run) if from_run is not None else None
+        if earlier is not None:
+            config = _adopt_earlier_run(earlier, config)
+        index = scan(data, config.data)
+        require_classes(index)
+        if not index.files["val"]:
+            raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ "
+                             "folder")
+        if earlier is not None and earlier.class_names != index.class_names:
+            raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
+                             f"but {index.root} has {', '.join(index.class_names)}")
+        resumed = checkpoint is not None
         weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
-        existed = run_dir is not None and Path(run_dir).is_dir()
-        out = new_run_dir(run_dir, config.train.mode)
-        checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
+        if resumed:
+            config = checkpoint.check_matches(data, index, config, from_run)
+            out = Path(run_dir)
+        elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
+            out, checkpoint = None, Checkpoint.create(None, Path(data), index, config, from_run, weights)
+        else:
+            if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
+                raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
+                                 "or choose another --run-dir")
+            existed = run_dir is not None and Path(run_dir).is_dir()
+            out = new_run_dir(run_dir, config.train.mode)
+            made = (out, existed)
+            checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
+    except (TlkitError, OSError) as exc:
+        if made is not None:
+            _discard(*made)
+        distribute.settle(devices, str(exc), None)  # in a job of several processes, all stop with this error
+        raise
+    try:  # every process ready, on the same files with the same settings, or all stop here
+        distribute.settle(devices, None, {"their dataset files": dataset_fingerprint(index),
+                                          "their settings": _settings_digest(config, weights)})
+    except TlkitError:
+        if made is not None:
+            _discard(*made)
+        raise
     try:
         with precision_policy(config.train.precision), devices.scope():
             result = _train_into(out, index, config, earlier, verbose, list(callbacks or []), checkpoint, devices)
     except BaseException as exc:
-        if not devices.chief:
-            shutil.rmtree(out, ignore_errors=True)
-        elif checkpoint.has_progress():
+        if devices.chief and checkpoint.has_progress():
+            where = " --distribute mirrored" if devices.processes > 1 else ""  # see MULTIWORKER_RESUME
             log.warning("training stopped (%s); the finished epochs are kept in %s: continue with "
-                        "`tlkit train %s --run-dir %s --resume`", type(exc).__name__, out, data, out)
-        elif not resumed:
-            _discard(out, keep_folder=existed)
+                        "`tlkit train %s --run-dir %s --resume%s`", type(exc).__name__, out, data, out, where)
+        elif devices.chief and not resumed:
+            _discard(*made)
         raise
     checkpoint.remove()
-    if not devices.chief:
-        shutil.rmtree(out, ignore_errors=True)
     return result
 
 
-def _settings_digest(config: Config) -> str:
-    """SHA-256 of the settings that must be the same in every process of a job (not the machine's own)."""
+def _settings_digest(config: Config, weights: str) -> str:
+    """SHA-256 of the settings that must be the same in every process of a job: not the machine's own,
+    and the weights by their identity (``weights``), wherever their file is."""
     settings = config.to_dict()
     for section, names in MACHINE_SETTINGS.items():
         for name in names:
             del settings[section][name]
+    settings["train"]["weights"] = weights
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -261,7 +277,8 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, c
     classes = len(features.index.class_names)
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
     head = build_head(x_train.shape[1:], classes, config.train, config.data.seed)
-    compile_model(head, classes, config.train.optimizer, config.train.learning_rate)
+    compile_model(head, classes, config.train.optimizer, config.train.learning_rate,
+                  weighted_accuracy=devices.count > 1)
 
     weights = row_weights(y_train, classes, config.train.class_weight)
 
@@ -269,7 +286,7 @@ def _fit_head_on_features(features, config: Config, epochs: int, verbose: int, c
         return Batches(x_train, targets(y_train, classes), config.train.batch_size, shuffle=True,
                        seed=config.data.seed, epoch=epoch, weights=weights, devices=devices)
 
-    validation = Batches(x_val, targets(y_val, classes), config.train.batch_size, devices=devices)
+    validation = Batches(x_val, targets(y_val, classes), config.train.batch_size, devices=devices, whole_epoch=True)
     history = _fit_phase(head, head, batches, validation, epochs, config, verbose, callbacks, checkpoint, 0, name)
     return head, history
 
@@ -301,8 +318,9 @@ def _fit_augmented(model: keras.Model, splits: dict[str, Split], config: Config,
         def batches(epoch: int) -> Batches:
             return AugmentedBatches(train.images, labels, config.train.batch_size, config.augment, seed=seed,
                                     epoch=epoch, weights=weights, devices=devices)
-    compile_model(trainer, classes, config.train.optimizer, learning_rate)
-    validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size, devices=devices)
+    compile_model(trainer, classes, config.train.optimizer, learning_rate, weighted_accuracy=devices.count > 1)
+    validation = Batches(val.images, targets(val.labels, classes), config.train.batch_size, devices=devices,
+                         whole_epoch=True)
     return _fit_phase(trainer, model, batches, validation, epochs, config, verbose, callbacks, checkpoint, phase,
                       name)
 
