@@ -31,6 +31,8 @@ from conftest import REPO, make_dataset
 BACKEND = keras.backend.backend()
 #: A subprocess that trains for a minute is given this long before it counts as hung.
 SUBPROCESS_TIMEOUT = 600
+#: A job that stops before training stops within this (stopped alone, a process would wait minutes).
+PROMPTLY = 120
 
 
 def two_devices(processes: int = 1, process: int = 0) -> Devices:
@@ -124,7 +126,8 @@ def test_distribute_choices_and_refusals(tmp_path):
     assert bad.exit_code == 2 and "everywhere" in bad.output and bad.output.count("\n") == 1
     refused = {"torch": ("mirrored", "not available on the PyTorch backend"),
                "tensorflow": ("multiworker", "keras-team/keras#20585"),
-               "jax": ("multiworker", "KERAS_DISTRIBUTION_NUM_PROCESSES, KERAS_DISTRIBUTION_PROCESS_ID in every")}[BACKEND]
+               "jax": ("multiworker", "set KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES")
+               }[BACKEND]
     result = CliRunner().invoke(main, ["train", str(data), "--distribute", refused[0], "--weights", "none",
                                        "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1 and refused[1] in result.output and result.output.count("\n") == 1
@@ -226,7 +229,7 @@ def test_replicas_draw_their_own_augmentations(tmp_path):
         "    plain = keras.random.SeedGenerator(3)\n"
         "draw = tf.function(lambda: (layer.sample(4, 32)['theta'], keras.random.uniform((4,), seed=plain)))\n"
         "ours, keras_own = strategy.run(draw)\n"
-        "print(json.dumps([[v.numpy().tolist() for v in ours.values], [v.numpy().tolist() for v in keras_own.values]]))\n")
+        "print(json.dumps([[v.numpy().tolist() for v in draws.values] for draws in (ours, keras_own)]))\n")
     job = subprocess.run([sys.executable, str(script)], env=device_env(2), capture_output=True, text=True,
                          timeout=SUBPROCESS_TIMEOUT)
     assert job.returncode == 0, job.stderr[-3000:]
@@ -283,8 +286,8 @@ def test_a_process_that_cannot_start_stops_the_whole_job_with_its_error(tmp_path
         (tmp_path / "run" / "mine.txt").write_text("keep me")
     args = ["train", "{data}", "--image-size", "32", "--weights", "none", "--epochs", "1", "--cache-dir",
             "{cache}", "--distribute", "multiworker", "--run-dir", str(tmp_path / "run"), "--quiet"]
-    codes, outputs = two_processes(args, tmp_path, per_process={"data": data, "cache": [tmp_path / "c0",
-                                                                                         tmp_path / "c1"]})
+    caches = [tmp_path / "c0", tmp_path / "c1"]
+    codes, outputs = two_processes(args, tmp_path, {"data": data, "cache": caches}, timeout=PROMPTLY)
     said = {"run folder": "already exists and is not empty", "data": "the processes differ in their dataset files"}
     assert codes == [1, 1], outputs
     for process, (stdout, stderr) in enumerate(outputs):
@@ -295,7 +298,8 @@ def test_a_process_that_cannot_start_stops_the_whole_job_with_its_error(tmp_path
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == (["mine.txt"] if problem == "run folder" else [])
 
 
-def two_processes(args: list[str], cwd: Path, per_process: dict | None = None) -> tuple[list[int], list[tuple]]:
+def two_processes(args: list[str], cwd: Path, per_process: dict | None = None,
+                  timeout: int = SUBPROCESS_TIMEOUT) -> tuple[list[int], list[tuple]]:
     """Run ``tlkit ARGS`` as the two processes of one job on 127.0.0.1 (one CPU device each); their exit
     codes and ``(stdout, stderr)``. ``{name}`` in an argument takes ``per_process[name][process]``."""
     port = free_port()
@@ -308,7 +312,7 @@ def two_processes(args: list[str], cwd: Path, per_process: dict | None = None) -
         jobs.append(subprocess.Popen([sys.executable, "-m", "tlkit.cli", *mine], env=env, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
-        outputs = [job.communicate(timeout=SUBPROCESS_TIMEOUT) for job in jobs]
+        outputs = [job.communicate(timeout=timeout) for job in jobs]
     finally:
         for job in jobs:
             job.kill()

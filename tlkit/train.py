@@ -115,42 +115,41 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     devices = distribute.resolve(config.train.distribute)  # first: a multiworker process joins its cluster
     made = None  # (folder, whether it existed) of a new run folder, removed again if the job stops here
     try:
-        with devices.scope():  # an earlier run's model trains on every device too
-            earlier = load_run(from_run) if from_run is not None else None
-        if earlier is not None:
-            config = _adopt_earlier_run(earlier, config)
-        index = scan(data, config.data)
-        require_classes(index)
-        if not index.files["val"]:
-            raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ "
-                             "folder")
-        if earlier is not None and earlier.class_names != index.class_names:
-            raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
-                             f"but {index.root} has {', '.join(index.class_names)}")
-        resumed = checkpoint is not None
-        weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
-        if resumed:
-            config = checkpoint.check_matches(data, index, config, from_run)
-            out = Path(run_dir)
-        elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
-            out, checkpoint = None, Checkpoint.create(None, Path(data), index, config, from_run, weights)
-        else:
-            if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
-                raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
-                                 "or choose another --run-dir")
-            existed = run_dir is not None and Path(run_dir).is_dir()
-            out = new_run_dir(run_dir, config.train.mode)
-            made = (out, existed)
-            checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
-    except (TlkitError, OSError) as exc:
-        if made is not None:
-            _discard(*made)
-        distribute.settle(devices, str(exc), None)  # in a job of several processes, all stop with this error
-        raise
-    try:  # every process ready, on the same files with the same settings, or all stop here
+        try:
+            with devices.scope():  # an earlier run's model trains on every device too
+                earlier = load_run(from_run) if from_run is not None else None
+            if earlier is not None:
+                config = _adopt_earlier_run(earlier, config)
+            index = scan(data, config.data)
+            require_classes(index)
+            if not index.files["val"]:
+                raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a "
+                                 "validation/ folder")
+            if earlier is not None and earlier.class_names != index.class_names:
+                raise TlkitError(f"run {earlier.path} was trained on classes {', '.join(earlier.class_names)}, "
+                                 f"but {index.root} has {', '.join(index.class_names)}")
+            resumed = checkpoint is not None
+            weights = weights_identity(config.train.weights)  # a missing weights file fails before the folder is made
+            if resumed:
+                config = checkpoint.check_matches(data, index, config, from_run)
+                out = Path(run_dir)
+            elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
+                out, checkpoint = None, Checkpoint.create(None, Path(data), index, config, from_run, weights)
+            else:
+                if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
+                    raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, "
+                                     "or choose another --run-dir")
+                existed = run_dir is not None and Path(run_dir).is_dir()
+                out = new_run_dir(run_dir, config.train.mode)
+                made = (out, existed)
+                checkpoint = Checkpoint.create(out, Path(data), index, config, from_run, weights)
+        except (TlkitError, OSError) as exc:
+            distribute.settle(devices, str(exc), None)  # in a job of several processes, all stop with this error
+            raise
+        # every process is ready, on the same files with the same settings, or all stop here
         distribute.settle(devices, None, {"their dataset files": dataset_fingerprint(index),
                                           "their settings": _settings_digest(config, weights)})
-    except TlkitError:
+    except BaseException:
         if made is not None:
             _discard(*made)
         raise
