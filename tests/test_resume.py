@@ -216,6 +216,7 @@ def test_resume_finds_the_same_files_at_another_path(tmp_path, interrupted):
     assert_same_training(interrupted.run, interrupted.whole)
 
 
+@pytest.mark.backend_independent  # which settings a resume may change
 def test_resume_may_name_other_devices(interrupted):
     """--distribute describes the machine, as --workers does: a resume may change it."""
     tlkit.train(interrupted.data, interrupted.config.replace(train={"distribute": "none"}), run_dir=interrupted.run,
