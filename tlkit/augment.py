@@ -26,7 +26,7 @@ from keras import ops
 
 from tlkit.config import TTA_SHIFT, AugmentConfig
 from tlkit.data import Batches
-from tlkit.distribute import ReplicaSeedGenerator
+from tlkit.distribute import Devices, ReplicaSeedGenerator
 from tlkit.errors import TlkitError
 
 
@@ -98,7 +98,7 @@ class AugmentedBatches(Batches):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int, epoch: int = 0, weights: np.ndarray | None = None, devices=None) -> None:
+                 seed: int, epoch: int = 0, weights: np.ndarray | None = None, devices: Devices | None = None) -> None:
         # one worker: each epoch's transforms come from one random stream, drawn in batch order
         super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights,
                          devices=devices)

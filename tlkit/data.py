@@ -26,6 +26,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -35,6 +36,9 @@ from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records,
 from tlkit.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.files import read_json, write_json
+
+if TYPE_CHECKING:
+    from tlkit.distribute import Devices
 
 log = logging.getLogger("tlkit")
 
@@ -531,15 +535,13 @@ class Batches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, devices=None,
+                 seed: int = 0, epoch: int = 0, weights: np.ndarray | None = None, devices: Devices | None = None,
                  whole_epoch: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle, self.seed = images, labels, batch_size, shuffle, seed
         self.weights, self.devices = weights, devices
-        self.factor = None
-        if devices is not None and whole_epoch and len(images):
-            last = len(images) - (len(self) - 1) * batch_size
-            self.factor = ((len(self) - 1) * devices.padded(batch_size) + devices.padded(last)) / len(images)
+        spread = devices is not None and whole_epoch and len(images) > 0
+        self.factor = devices.epoch_factor(len(images), batch_size) if spread else None
         self.begin_epoch(epoch)
 
     def begin_epoch(self, epoch: int) -> None:

@@ -102,7 +102,15 @@ class Devices:
 
     def padded(self, count: int) -> int:
         """The rows a batch of ``count`` rows becomes: the next multiple of :attr:`count`."""
-        return -(-count // self.count) * self.count
+        return round_up(count, self.count)
+
+    def epoch_factor(self, rows: int, batch_size: int) -> float:
+        """The epoch's padded rows over its real rows, for ``rows`` rows in batches of ``batch_size``:
+        the one factor of every real row that makes Keras's epoch mean (each batch weighed by its
+        rows, padding included) the real rows' mean (validation; see :meth:`share`)."""
+        batches = -(-rows // batch_size)
+        last = rows - (batches - 1) * batch_size
+        return ((batches - 1) * self.padded(batch_size) + self.padded(last)) / rows
 
     def share(self, rows: np.ndarray, factor: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows of one batch that this process feeds, and their loss-weight factors.
@@ -153,12 +161,12 @@ def predict_rows(model: keras.Model, rows, batch_size: int, devices: Devices | N
     share; the padding is cut off again.
     """
     multiple = 1 if devices is None else devices.local_count
-    batch = -(-batch_size // multiple) * multiple
+    batch = round_up(batch_size, multiple)
     outputs = []
     for start in range(0, len(rows), PREDICT_CHUNK):
         chunk = np.asarray(rows[start:start + PREDICT_CHUNK])
         count = len(chunk)
-        padded = -(-count // multiple) * multiple
+        padded = round_up(count, multiple)
         if padded > count:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], padded - count, axis=0)])
         with nullcontext() if devices is None else devices.local_scope():
@@ -167,6 +175,11 @@ def predict_rows(model: keras.Model, rows, batch_size: int, devices: Devices | N
     if not outputs:
         return np.empty((0, *model.output_shape[1:]), dtype=np.float32)
     return np.concatenate(outputs)
+
+
+def round_up(count: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``count``."""
+    return -(-count // multiple) * multiple
 
 
 class ReplicaSeedGenerator(keras.random.SeedGenerator):
