@@ -60,6 +60,7 @@ import keras  # noqa: E402
 import tlkit  # noqa: E402
 from tlkit import distribute  # noqa: E402
 from tlkit.backbone import build_base, set_trainable_from  # noqa: E402
+from tlkit.config import PRECISIONS  # noqa: E402
 from tlkit.features import EXTRACT_BATCH  # noqa: E402
 
 CLASSES = ("class_a", "class_b")
@@ -218,7 +219,7 @@ def classic_epoch(train: Path, size: int, batch: int, weights: str, unfreeze_fro
 
 def tlkit_extract(data: Path, config: tlkit.Config, clear: tuple[str, ...]) -> float:
     for kind in clear:
-        shutil.rmtree(Path(config.data.cache_dir) / kind, ignore_errors=True)
+        shutil.rmtree(Path(config.runtime.cache_dir) / kind, ignore_errors=True)
     start = time.perf_counter()
     features = tlkit.extract(data, config, verbose=0)
     return sum(features.index.counts().values()) / (time.perf_counter() - start)  # every split is extracted
@@ -226,9 +227,9 @@ def tlkit_extract(data: Path, config: tlkit.Config, clear: tuple[str, ...]) -> f
 
 def tlkit_epoch(data: Path, config: tlkit.Config, runs: Path, mode: str, from_run: Path | None = None) -> float:
     timer = EpochTimer()
-    settings = config.replace(train={"mode": mode, "epochs": 2, "warmup_epochs": 1, "patience": 0})
+    settings = config.replace(fit={"mode": mode, "epochs": 2, "warmup_epochs": 1, "patience": 0})
     tlkit.train(data, settings, run_dir=runs / mode, from_run=from_run, verbose=0, callbacks=[timer])
-    return timer.batches[-1] * config.train.batch_size / timer.seconds[-1]
+    return timer.batches[-1] * config.fit.batch_size / timer.seconds[-1]
 
 
 def main() -> None:
@@ -242,11 +243,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--stages", default="extract,frozen,finetune", help="comma-separated subset")
     parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
-    parser.add_argument("--precision", default="float32", choices=tlkit.config.PRECISIONS,
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="tlkit's compute precision (the classic recipe is float32)")
     parser.add_argument("--predict-images", default="1000,10000",
                         help="predict stage: image counts, each predicted by a fresh process")
-    parser.add_argument("--distribute", default=tlkit.TrainConfig().distribute, choices=("auto", "none", "mirrored"),
+    parser.add_argument("--distribute", default=tlkit.RuntimeConfig().distribute, choices=("auto", "none", "mirrored"),
                         help="the devices tlkit's side trains and extracts on (the classic side uses one)")
     args = parser.parse_args()
 
@@ -257,9 +258,8 @@ def main() -> None:
         make_dataset(data, args.images, args.source)
     train = data / "train"
     config = tlkit.Config().replace(
-        data={"image_size": args.image_size, "cache_dir": str(work / "cache")},
-        train={"weights": args.weights, "batch_size": args.batch_size, "precision": args.precision,
-               "distribute": args.distribute})
+        data={"image_size": args.image_size}, model={"weights": args.weights}, fit={"batch_size": args.batch_size},
+        runtime={"cache_dir": str(work / "cache"), "precision": args.precision, "distribute": args.distribute})
     size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
     results = []
 
@@ -287,7 +287,7 @@ def main() -> None:
         counts = [int(n) for n in args.predict_images.split(",")]
         print(f"making {max(counts)} JPEGs to predict", flush=True)
         parts = make_images(work / "predict", max(counts))
-        settings = config.replace(train={"mode": "features", "epochs": 1})
+        settings = config.replace(fit={"mode": "features", "epochs": 1})
         run = tlkit.train(data, settings, run_dir=runs / "predict-run", verbose=0).run_dir
         for count in counts:
             predictions.append(predict_in_process(parts[:-(-count // 1000)], run, work / f"predict-{count}.txt"))

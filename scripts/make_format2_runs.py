@@ -57,7 +57,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
 
 
 def strip_model(run: Path) -> None:
-    """Replace ``model.keras`` by the archive's architecture files (``model.keras.config.json``, ``...metadata.json``)."""
+    """Replace ``model.keras`` by the archive's architecture: ``model.keras.config.json`` and ``...metadata.json``."""
     with zipfile.ZipFile(run / "model.keras") as archive:
         for member in ("config.json", "metadata.json"):
             (run / f"model.keras.{member}").write_bytes(archive.read(member))

@@ -4,7 +4,7 @@ import stat
 import numpy as np
 import pytest
 
-from tlkit.cache import RowFile, building, cache_folder, is_built
+from tlkit.io import RowFile, building, cache_folder, is_built
 
 
 def test_row_file_round_trips_and_is_a_plain_npy(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from tlkit.cli import main
+from tlkit.config import SECTIONS
 
 from conftest import make_dataset, write_image
 
@@ -34,7 +35,7 @@ def test_train_each_mode_then_predict_and_evaluate(tmp_path, data, mode):
                      "--run-dir", tmp_path / "run")
     assert trained.exit_code == 0, trained.output
     assert "val_accuracy:" in trained.output
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["mode"] == mode
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["fit"]["mode"] == mode
     predicted = invoke("predict", data / "red", data / "blue" / "blue_00.jpg", "--run", tmp_path / "run",
                        "--json", "--top-k", "2")
     assert predicted.exit_code == 0, predicted.output
@@ -63,13 +64,13 @@ def test_config_file_and_flags(tmp_path, data):
                     "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert recorded["train"]["epochs"] == 1  # the flag wins over the file
-    assert recorded["train"]["head_units"] == 16 and recorded["data"]["image_size"] == 40
+    assert recorded["fit"]["epochs"] == 1  # the flag wins over the file
+    assert recorded["model"]["head_units"] == 16 and recorded["data"]["image_size"] == 40
     again = invoke("train", data, "--config", tmp_path / "run" / "config.json", "--quiet", "--run-dir", tmp_path / "r2")
     assert again.exit_code == 0, again.output
     a = json.loads((tmp_path / "run" / "config.json").read_text())
     b = json.loads((tmp_path / "r2" / "config.json").read_text())
-    assert {k: a[k] for k in ("data", "augment", "train")} == {k: b[k] for k in ("data", "augment", "train")}
+    assert {k: a[k] for k in SECTIONS} == {k: b[k] for k in SECTIONS}  # every setting, the machine's too
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_loss"] == pytest.approx(
         json.loads((tmp_path / "r2" / "metrics.json").read_text())["val_loss"], rel=1e-4)
 

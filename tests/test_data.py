@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tlkit.config import DataConfig
-from tlkit.data import decode_image, list_images, load_split, scan
+from tlkit.data import decode_image, list_images, scan
+from tlkit.data.image_cache import load_split
 
 from conftest import COLOURS, make_dataset, write_image
 
@@ -64,12 +65,12 @@ def test_list_images_expands_folders_recursively(tmp_path):
 
 
 def test_decoded_images_are_cached_per_split(tmp_path, monkeypatch):
-    import tlkit.data
+    import tlkit.data.decode
 
     root = make_dataset(tmp_path / "d", per_class=4, splits=["train", "val"])
     (root / "train" / "blue" / "broken.jpg").write_bytes(b"nope")  # in the first class: shifts every row
-    config = DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
-    index = scan(root, config)
+    config = tlkit.Config().replace(data={"image_size": 32}, runtime={"cache_dir": str(tmp_path / "cache")})
+    index = scan(root, config.data)
     first = load_split(index, "train", config)
     assert isinstance(first.images, np.memmap) and first.images.dtype == np.uint8
     assert first.images.shape == (8, 32, 32, 3) and len(first.labels) == len(first.files) == 8
@@ -81,13 +82,13 @@ def test_decoded_images_are_cached_per_split(tmp_path, monkeypatch):
     def no_decoding(*_):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(tlkit.data, "decode_image", no_decoding)
-    again = load_split(scan(root, config), "train", config)  # from the cache: nothing decoded
+    monkeypatch.setattr(tlkit.data.decode, "decode_image", no_decoding)
+    again = load_split(scan(root, config.data), "train", config)  # from the cache: nothing decoded
     assert np.array_equal(again.images, first.images) and again.files == first.files
     monkeypatch.undo()
     os.utime(first.files[0], ns=(0, 10**18))  # a changed file rebuilds the split's cache
-    monkeypatch.setattr(tlkit.data, "decode_image", no_decoding)
+    monkeypatch.setattr(tlkit.data.decode, "decode_image", no_decoding)
     with pytest.raises(tlkit.TlkitError, match="no readable images"):
-        load_split(scan(root, config), "train", config)
+        load_split(scan(root, config.data), "train", config)
     monkeypatch.undo()  # a split with nothing readable was not cached: the next try decodes again
-    assert len(load_split(scan(root, config), "train", config).files) == 8
+    assert len(load_split(scan(root, config.data), "train", config).files) == 8

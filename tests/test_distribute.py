@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 import tlkit
-from tlkit import distribute
 from tlkit.augment import AugmentedBatches
 from tlkit.cli import main
+from tlkit.model import predict_rows
 from tlkit.config import AugmentConfig
-from tlkit.data import Batches
-from tlkit.distribute import Devices
+from tlkit.data.batches import Batches
+from tlkit.backends.devices import Devices, resolve, sharded
 
 from conftest import REPO, make_dataset
 
@@ -49,18 +49,21 @@ def uneven_dataset(root: Path, blue: int, red: int) -> Path:
 
 
 def test_a_batch_is_padded_to_the_devices_with_rows_that_weigh_nothing():
-    rows, factors = two_devices().share(np.array([3, 5, 9]))
+    rows, factors = two_devices().pad(np.array([3, 5, 9]))
     assert rows.tolist() == [3, 5, 9, 9] and factors.tolist() == pytest.approx([4 / 3, 4 / 3, 4 / 3, 0])
-    rows, factors = two_devices().share(np.array([1, 2]))
+    rows, factors = two_devices().pad(np.array([1, 2]))
     assert rows.tolist() == [1, 2] and factors.tolist() == [1, 1]
-    assert Devices("none", ("default",)).share(np.array([1, 2, 3]))[1] is None
+    one_device = Batches(np.arange(3), np.arange(3), batch_size=2)
+    assert sharded(one_device, Devices("none", ("default",))) is one_device  # as it is: no padding, no weights
 
 
 def test_each_process_feeds_its_own_part_of_the_padded_batch():
-    first = two_devices(processes=2, process=0).share(np.arange(3))  # padded to 4 rows, 2 per process
-    second = two_devices(processes=2, process=1).share(np.arange(3))
-    assert first[0].tolist() == [0, 1] and second[0].tolist() == [2, 2]
-    assert first[1].tolist() == pytest.approx([4 / 3, 4 / 3]) and second[1].tolist() == pytest.approx([4 / 3, 0])
+    batches = Batches(np.arange(3) * 10, np.arange(3), batch_size=3)  # padded to 4 rows, 2 per process
+    first = sharded(batches, two_devices(processes=2, process=0))[0]
+    second = sharded(batches, two_devices(processes=2, process=1))[0]
+    assert first[0].tolist() == [0, 10] and second[0].tolist() == [20, 20]
+    assert first[1].tolist() == [0, 1] and second[1].tolist() == [2, 2]
+    assert first[2].tolist() == pytest.approx([4 / 3, 4 / 3]) and second[2].tolist() == pytest.approx([4 / 3, 0])
 
 
 def test_padding_keeps_the_mean_loss_of_the_real_rows():
@@ -68,19 +71,19 @@ def test_padding_keeps_the_mean_loss_of_the_real_rows():
     losses = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
     class_weights = np.array([1.0, 2.0, 1.0, 1.0, 3.0], np.float32)
     devices = Devices("mirrored", ("a", "b", "c", "d"))
-    rows, factors = devices.share(np.arange(5))
+    rows, factors = devices.pad(np.arange(5))
     padded_loss = np.sum(losses[rows] * class_weights[rows] * factors) / len(rows)
     assert padded_loss == pytest.approx(np.mean(losses * class_weights))
 
 
 def test_batches_on_two_devices_always_carry_weights_and_pad_the_last_batch():
     images, labels = np.arange(5 * 2).reshape(5, 2), np.arange(5)
-    batches = Batches(images, labels, batch_size=2, devices=two_devices())
+    batches = sharded(Batches(images, labels, batch_size=2), two_devices())
     x, y, w = batches[2]  # the fifth row alone, padded by a copy of itself
     assert x.tolist() == [[8, 9], [8, 9]] and y.tolist() == [4, 4] and w.tolist() == [2, 0]
     x, y, w = batches[0]
     assert y.tolist() == [0, 1] and w.tolist() == [1, 1]
-    weighted = Batches(images, labels, batch_size=3, weights=np.full(5, 0.5, np.float32), devices=two_devices())
+    weighted = sharded(Batches(images, labels, batch_size=3, weights=np.full(5, 0.5, np.float32)), two_devices())
     assert weighted[1][2].tolist() == [0.5, 0.5]  # rows 3, 4: no padding, the class weights as they are
     assert len(Batches(images, labels, batch_size=2)[2]) == 2  # one device: no weights
 
@@ -88,7 +91,7 @@ def test_batches_on_two_devices_always_carry_weights_and_pad_the_last_batch():
 def test_validation_batches_weigh_the_epoch_so_that_its_mean_is_the_real_rows_mean():
     """Keras averages an epoch's batch losses weighing each by its rows (padding included)."""
     losses = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
-    batches = Batches(np.arange(5), np.arange(5), batch_size=2, devices=two_devices(), whole_epoch=True)
+    batches = sharded(Batches(np.arange(5), np.arange(5), batch_size=2), two_devices(), whole_epoch=True)
     total = rows = 0
     for index in range(len(batches)):
         _, y, w = batches[index]
@@ -100,7 +103,7 @@ def test_validation_batches_weigh_the_epoch_so_that_its_mean_is_the_real_rows_me
 def test_cpu_augmentation_gives_the_processes_different_transforms():
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     config = AugmentConfig()
-    parts = [AugmentedBatches(images, np.zeros(4), 4, config, seed=1, devices=two_devices(2, p))[0][0]
+    parts = [sharded(AugmentedBatches(images, np.zeros(4), 4, config, seed=1), two_devices(2, p))[0][0]
              for p in range(2)]
     whole = AugmentedBatches(images, np.zeros(4), 4, config, seed=1)[0][0]
     assert np.allclose(parts[0], whole[:2]) and np.allclose(parts[1], whole[2:])  # as one process draws them
@@ -115,7 +118,7 @@ def test_prediction_pads_for_the_devices_and_cuts_the_padding_off(monkeypatch):
     monkeypatch.setattr(model, "predict", lambda x, batch_size, verbose: seen.append((len(x), batch_size))
                         or original(x, batch_size=batch_size, verbose=verbose))
     three = Devices("mirrored", ("a", "b", "c"))
-    predicted = distribute.predict_rows(model, rows, batch_size=4, devices=three)
+    predicted = predict_rows(model, rows, batch_size=4, devices=three)
     assert seen == [(9, 6)]  # 7 rows padded to 9, batches of 6: every batch divides by 3
     np.testing.assert_allclose(predicted, original(rows, verbose=0), atol=1e-6)
 
@@ -136,7 +139,7 @@ def test_distribute_choices_and_refusals(tmp_path):
         one = CliRunner().invoke(main, [command, str(data), "--distribute", "multiworker"])
         assert one.exit_code == 2 and "is for tlkit train" in one.output and one.output.count("\n") == 1
     if accelerators() < 2:
-        assert distribute.resolve("auto").count == 1
+        assert resolve("auto").count == 1
 
 
 def accelerators() -> int:
@@ -156,8 +159,7 @@ def accelerators() -> int:
 def test_mirrored_on_one_device_says_so_and_uses_it(caplog, monkeypatch):
     if BACKEND == "torch" or accelerators() > 1:
         pytest.skip("PyTorch refuses mirrored (see test_distribute_choices_and_refusals); several GPUs here")
-    monkeypatch.setattr(distribute, "_resolved", {})  # resolved anew, so that it says so again
-    devices = distribute.resolve("mirrored")
+    devices = resolve("mirrored")
     assert "only one device" in caplog.text
     assert devices.count == 1 and devices.engine is None and devices.describe()["mode"] == "none"
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 import tlkit
 from tlkit.cli import main
-from tlkit.explain import GradCam, _gradient, explain
+from tlkit.backends import gradient
+from tlkit.inference.explain import GradCam, explain
 
 from conftest import make_dataset, write_image
 
@@ -29,17 +30,17 @@ def test_gradient_is_the_logits_derivative(run):
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     classes = np.array([0, 2])
     maps = ops.cast(cam.maps(images, training=False), "float32")
-    gradient = _gradient(lambda m: cam.logits(m, classes), maps)
-    maps, gradient = ops.convert_to_numpy(maps).astype(np.float64), ops.convert_to_numpy(gradient)
+    derivative = gradient(lambda m: cam.logits(m, classes), maps)
+    maps, derivative = ops.convert_to_numpy(maps).astype(np.float64), ops.convert_to_numpy(derivative)
     # the logit of a class moves with a feature as its gradient says (central differences)
-    largest = float(np.abs(gradient).max())
+    largest = float(np.abs(derivative).max())
     assert largest > 1e-5
-    for spot in [np.unravel_index(np.abs(gradient).argmax(), gradient.shape), (1, 0, 0, 7), (0, 1, 0, 300)]:
+    for spot in [np.unravel_index(np.abs(derivative).argmax(), derivative.shape), (1, 0, 0, 7), (0, 1, 0, 300)]:
         step = np.zeros_like(maps)
         step[spot] = 1e-3  # small: max pooling and relu switch at larger steps
         up = ops.convert_to_numpy(cam.logits(ops.convert_to_tensor(maps + step, "float32"), classes))
         down = ops.convert_to_numpy(cam.logits(ops.convert_to_tensor(maps - step, "float32"), classes))
-        assert (up - down)[spot[0]] / 2e-3 == pytest.approx(gradient[spot], rel=0.02, abs=0.01 * largest)
+        assert (up - down)[spot[0]] / 2e-3 == pytest.approx(derivative[spot], rel=0.02, abs=0.01 * largest)
 
 
 def test_heatmap_has_the_image_shape_and_follows_the_class(tmp_path, run):
@@ -59,7 +60,7 @@ def test_heatmap_has_the_image_shape_and_follows_the_class(tmp_path, run):
 
 
 def test_many_images_are_explained_a_batch_at_a_time_with_the_same_result(tmp_path, run, monkeypatch):
-    module = importlib.import_module("tlkit.explain")  # (tlkit.explain is the function)
+    module = importlib.import_module("tlkit.inference.explain")
 
     paths = [write_image(tmp_path / f"{i}.png", (40 * i, 90, 200 - 30 * i), size=32, seed=i) for i in range(5)]
     pixels = np.stack([tlkit.decode_image(path, 32) for path in paths])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tlkit
-from tlkit.export import BACKENDS, FORMATS, check_exportable, export, probability_model, read_contract, sidecar_path
-from tlkit.predict import class_probabilities
+from tlkit.deploy import BACKENDS, FORMATS, check_exportable, export, probability_model, read_contract, sidecar_path
+from tlkit.model import class_probabilities
 
 from conftest import HYMENOPTERA, make_dataset, require_shared
 
@@ -144,7 +144,7 @@ def test_other_backends_are_refused_with_what_to_do(tmp_path, runs, fmt):
 def test_a_failed_export_leaves_nothing(tmp_path, runs, fmt, monkeypatch):
     """Whole or nothing: an export that fails half-way leaves neither the artifact, nor its sidecar, nor a
     temporary file or folder."""
-    module = importlib.import_module("tlkit.export")  # (tlkit.export is the function)
+    module = importlib.import_module("tlkit.deploy")
 
     def half_written(model, contract, path):
         (path / "saved_model.pb" if fmt == "savedmodel" else path).write_bytes(b"half")

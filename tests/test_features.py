@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tlkit
-from tlkit.data import load_split
+from tlkit.data.image_cache import load_split
 from tlkit.features import extract
 
 from conftest import make_dataset
@@ -91,7 +91,7 @@ def test_library_exposes_extract():
 
 
 def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
-    from tlkit.cache import RowFile
+    from tlkit.io import RowFile
     from tlkit.features import _chunks
 
     first = np.arange(5, dtype=np.float32).reshape(5, 1)
@@ -116,7 +116,7 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, config, kind, na
     data = make_dataset(tmp_path / "d", per_class=4)
     first = extract(data, config, verbose=0)
     features = first.split("train")[0]
-    split = load_split(first.index, "train", config.data)
+    split = load_split(first.index, "train", config)
     images = np.array(split.images)
     damaged = (first.path if kind == "features" else split.cache) / name
     content = bytearray(damaged.read_bytes())
@@ -130,5 +130,5 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, config, kind, na
         assert not again.reused  # the damaged cache was not loaded
         np.testing.assert_array_equal(again.split("train")[0], features)
     else:
-        np.testing.assert_array_equal(load_split(first.index, "train", config.data).images, images)
+        np.testing.assert_array_equal(load_split(first.index, "train", config).images, images)
     assert f"is damaged ({name}" in caplog.text or "checksums.json is missing or damaged" in caplog.text

@@ -10,8 +10,8 @@ import pytest
 
 import tlkit
 from tlkit.augment import tta_views, view_images
-from tlkit.evaluate import classification_metrics
-from tlkit.predict import class_probabilities
+from tlkit.inference.evaluate import classification_metrics
+from tlkit.model import class_probabilities
 
 from conftest import make_dataset, write_image
 
@@ -54,7 +54,7 @@ def test_predictions_stream_a_batch_at_a_time(trained, monkeypatch):
     """Each batch is decoded when its predictions are near: memory holds a batch and the next, not the list."""
     data, run_dir = trained
     decoded = []
-    module = importlib.import_module("tlkit.predict")  # (tlkit.predict is the function)
+    module = importlib.import_module("tlkit.inference.predict")
     real = module.decode_images
     monkeypatch.setattr(module, "decode_images", lambda paths, **k: decoded.append(len(paths)) or real(paths, **k))
     stream = module.iter_predictions([data], run=run_dir, batch_size=5)  # 18 images
@@ -67,7 +67,7 @@ def test_cli_predictions_are_written_as_they_come(trained, tmp_path):
     """An interrupted ``tlkit predict`` keeps every line it printed: output is flushed per prediction."""
     data, run_dir = trained
     script = ("import importlib, sys; from tlkit.cli import main\n"
-              "p = importlib.import_module('tlkit.predict')\n"
+              "p = importlib.import_module('tlkit.inference.predict')\n"
               "real = p.iter_probabilities\n"
               "def dying(*a, **k):\n"
               "    for n, item in enumerate(real(*a, **k)):\n"
@@ -137,7 +137,7 @@ def test_top_losses_are_the_most_confident_mistakes(tmp_path, trained):
     report = tlkit.evaluate(swapped, run=run, mistakes=5)
     by_path = {p.path: p for p in tlkit.predict([swapped], run=run, top_k=3)}
     expected_mistakes = sum(by_path[str(path)].label != path.parent.name for path in swapped.rglob("*.jpg"))
-    top = report["top_losses"]
+    top = report.top_losses
     assert len(top) == min(5, expected_mistakes) > 0
     for mistake in top:
         prediction = by_path[mistake["path"]]
@@ -174,25 +174,25 @@ def test_a_batch_of_only_unreadable_files_is_skipped(tmp_path, trained):
     for i in range(3):  # sorted first in their class: the whole first batch of 2 is unreadable
         (mixed / "blue" / f"000_broken_{i}.jpg").write_bytes(b"not an image")
     report = tlkit.evaluate(mixed, run=run, batch_size=2)
-    assert report["count"] == 18 and len(report["skipped"]) == 3
-    assert report["accuracy"] == pytest.approx(tlkit.evaluate(data, run=run)["accuracy"])
+    assert report.count == 18 and len(report.skipped) == 3
+    assert report.accuracy == pytest.approx(tlkit.evaluate(data, run=run).accuracy)
 
 
 def test_evaluate_agrees_with_predict(trained):
     data, run = trained
     report = tlkit.evaluate(run=run)  # the run's own data: its test split
-    assert report["split"] == "test" and report["count"] == 3
+    assert report.split == "test" and report.count == 3
     run_metrics = json.loads((run / "metrics.json").read_text())
-    assert report["accuracy"] == pytest.approx(run_metrics["test_accuracy"], abs=1e-6)
-    assert report["loss"] == pytest.approx(run_metrics["test_loss"], abs=1e-4)
+    assert report.accuracy == pytest.approx(run_metrics["test_accuracy"], abs=1e-6)
+    assert report.loss == pytest.approx(run_metrics["test_loss"], abs=1e-4)
     whole = tlkit.evaluate(data, run=run)  # a plain folder given explicitly: every image
-    assert whole["split"] == "all" and whole["count"] == 18
+    assert whole.split == "all" and whole.count == 18
     predictions = tlkit.predict([data], run=run)
     truth = {p: p.split("/")[-2] for p in (pred.path for pred in predictions)}
     accuracy = np.mean([pred.label == truth[pred.path] for pred in predictions])
-    assert whole["accuracy"] == pytest.approx(accuracy)
-    assert sum(row["support"] for row in whole["per_class"].values()) == 18
-    assert np.trace(np.array(whole["confusion_matrix"])) == round(accuracy * 18)
+    assert whole.accuracy == pytest.approx(accuracy)
+    assert sum(row["support"] for row in whole.per_class.values()) == 18
+    assert np.trace(np.array(whole.confusion_matrix)) == round(accuracy * 18)
 
 
 def test_evaluate_refuses_unknown_classes_and_splits(tmp_path, trained):
@@ -236,12 +236,12 @@ def test_tta_averages_the_views(tmp_path, trained):
         got = np.array([[dict(p.top_k)[name] for name in run.class_names] for p in predictions])
         np.testing.assert_allclose(got, expected, atol=1e-6)
     report = tlkit.evaluate(run=run, tta=3)
-    assert report["tta"] == 3 and report["count"] == 3
+    assert report.tta == 3 and report.count == 3
     test_files = tlkit.scan(data, run.config.data).files["test"]
     averaged = {p.path: dict(p.top_k) for p in tlkit.predict(test_files, run=run, top_k=3, tta=3)}
     losses = [-np.log(averaged[str(path)][path.parent.name]) for path in test_files]
-    assert report["loss"] == pytest.approx(np.mean(losses), rel=1e-5)  # the views' average was scored
-    assert tlkit.evaluate(run=run)["tta"] == 1
+    assert report.loss == pytest.approx(np.mean(losses), rel=1e-5)  # the views' average was scored
+    assert tlkit.evaluate(run=run).tta == 1
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

@@ -62,14 +62,14 @@ def test_hymenoptera_subset_features_mode_and_what_it_learned(tmp_path, real):
     assert result.metrics["images"] == {"train": 80, "val": 60}
     assert result.metrics["val_accuracy"] >= 0.8
     report = tlkit.evaluate(data, run=run, split="val", mistakes=3)
-    assert report["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+    assert report.accuracy == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
     # the confusion matrix and the mistakes recomputed from predictions
     predictions = tlkit.predict([data / "val"], run=run, top_k=2)
     truth = [Path(p.path).parent.name for p in predictions]
     confusion = [[sum(t == a and p.label == b for t, p in zip(truth, predictions)) for b in ("ants", "bees")]
                  for a in ("ants", "bees")]
-    assert report["confusion_matrix"] == confusion and 0 < len(report["top_losses"]) <= 3
-    assert {m["path"] for m in report["top_losses"]} <= {p.path for t, p in zip(truth, predictions) if p.label != t}
+    assert report.confusion_matrix == confusion and 0 < len(report.top_losses) <= 3
+    assert {m["path"] for m in report.top_losses} <= {p.path for t, p in zip(truth, predictions) if p.label != t}
     # Grad-CAM of a real photo: at the photo's own size, peaked somewhere, not flat
     photo = Path(predictions[0].path)
     explanation = tlkit.explain(photo, run=run)
@@ -78,12 +78,12 @@ def test_hymenoptera_subset_features_mode_and_what_it_learned(tmp_path, real):
     assert explanation.heatmap.max() == pytest.approx(1.0, abs=0.02) and explanation.heatmap.std() > 0.05
     # test-time augmentation: same images, averaged views, a comparable score
     augmented = tlkit.evaluate(data, run=run, split="val", tta=4)
-    assert augmented["count"] == 60 and abs(augmented["accuracy"] - report["accuracy"]) <= 0.1
+    assert augmented.count == 60 and abs(augmented.accuracy - report.accuracy) <= 0.1
     # the report holds the metrics table and one picture per listed mistake
     html = tlkit.write_report(tmp_path / "report.html", run, mistakes=3)
     text = (tmp_path / "report.html").read_text()
-    assert '<table id="metrics">' in text and f"{html['per_class']['bees']['recall']:.4f}" in text
-    assert text.count('<figure class="mistake"') == len(html["top_losses"]) > 0
+    assert '<table id="metrics">' in text and f"{html.per_class['bees']['recall']:.4f}" in text
+    assert text.count('<figure class="mistake"') == len(html.top_losses) > 0
     # 3-fold cross-validation of the head on the same (cached) features
     folds = tlkit.cross_validate(data, real.replace(data={"image_size": 96}), folds=3)
     assert folds.images == 140 and len(folds.fold_results) == 3 and folds.mean_accuracy >= 0.75
@@ -115,7 +115,7 @@ def test_class_weight_auto_lifts_minority_recall(tmp_path, real):
             run = tmp_path / f"{mode}-{seed}"
             tlkit.train(data, settings.replace(train={"class_weight": mode}, data={"seed": seed}), run_dir=run,
                         verbose=0)
-            recall[mode].append(tlkit.evaluate(run=run, split="val")["per_class"]["bees"]["recall"])
+            recall[mode].append(tlkit.evaluate(run=run, split="val").per_class["bees"]["recall"])
             record = json.loads((run / "metrics.json").read_text())["class_weight"]
             assert record == (None if mode == "none" else {"ants": pytest.approx(0.6), "bees": pytest.approx(3.0)})
     assert np.mean(recall["auto"]) >= np.mean(recall["none"]) + 0.1, recall

@@ -78,15 +78,15 @@ def test_report_shows_the_evaluation(tmp_path, reported):
     page = Page(html)
     assert evaluation == tlkit.evaluate(tmp_path / "swapped", run=tmp_path / "run", mistakes=4)  # the same numbers
     rows = {row[0]: row[1:] for row in page.tables["metrics"][1:]}
-    for name, row in evaluation["per_class"].items():
+    for name, row in evaluation.per_class.items():
         assert rows[name] == [f"{row[m]:.4f}" for m in ("precision", "recall", "f1")] + [str(row["support"])]
-    assert rows["macro avg"][:3] == [f"{evaluation['macro_avg'][m]:.4f}" for m in ("precision", "recall", "f1")]
-    assert rows["weighted avg"][2] == f"{evaluation['weighted_avg']['f1']:.4f}"
+    assert rows["macro avg"][:3] == [f"{evaluation.macro_avg[m]:.4f}" for m in ("precision", "recall", "f1")]
+    assert rows["weighted avg"][2] == f"{evaluation.weighted_avg['f1']:.4f}"
     counts = [[int(cell.split()[0]) for cell in row[1:]] for row in page.tables["confusion"][1:]]
-    assert counts == evaluation["confusion_matrix"]
+    assert counts == evaluation.confusion_matrix
     # the gallery: one picture per listed mistake, in order, each the image beside its Grad-CAM overlay
-    assert len(evaluation["top_losses"]) == 4
-    assert page.mistakes == [mistake["path"] for mistake in evaluation["top_losses"]]
+    assert len(evaluation.top_losses) == 4
+    assert page.mistakes == [mistake["path"] for mistake in evaluation.top_losses]
     gallery = [image for image in page.images if "where the model saw" in image["alt"]]
     assert len(gallery) == 4
     for image in gallery:
@@ -140,7 +140,7 @@ def test_chromium_renders_the_report(tmp_path, reported):
     assert values["images"] == values["shown"] == "6", title  # curves, confusion matrix, 4 mistakes
     assert values["gallery"] == "grid" and int(values["rows"]) == 1, title  # four figures side by side at 1280 px
     assert int(title[-2]) > 200 and int(title[-1]) > 100, title  # the metrics table has its size
-    for name, row in evaluation["per_class"].items():
+    for name, row in evaluation.per_class.items():
         assert f"{row['recall']:.4f}" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120, check=True)
@@ -158,7 +158,7 @@ def test_cli_report_and_its_errors(tmp_path, config):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"report: {out} (accuracy ") and "0 mistake(s) shown" in result.output
     html = out.read_text()
-    accuracy = tlkit.evaluate(run=tmp_path / "run")["accuracy"]
+    accuracy = tlkit.evaluate(run=tmp_path / "run").accuracy
     assert ("No mistakes" in html) == (accuracy == 1.0) and ("None shown" in html) == (accuracy < 1.0)
     for args, message in ((["nowhere"], "run folder not found: nowhere"),
                           ([str(tmp_path / "run"), "--data", "missing"], "dataset folder not found: missing")):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import tlkit
 from tlkit.cli import main
-from tlkit.results import predict_to_file
+from tlkit.inference.prediction_file import predict_to_file
 
 from conftest import make_dataset
 
@@ -39,7 +39,7 @@ def test_every_image_gets_a_row_matching_predict(tmp_path, job, suffix):
     counts = predict_to_file([data], out, run, batch_size=4)
     assert counts == {"predicted": 18, "unreadable": 1, "already": 0}
     rows = _read(out)
-    expected = {p.path: p for p in tlkit.predict([data], run=run, top_k=3)}
+    expected = {p.path: p for p in tlkit.predict([data], run=run, top_k=3, batch_size=4)}  # the same batches
     by_path = {row["path"]: row for row in rows}
     assert len(rows) == len(by_path) == 19
     assert by_path[str(data / "red" / "zz_broken.jpg")]["error"].startswith("UnidentifiedImageError")
@@ -53,16 +53,16 @@ def test_every_image_gets_a_row_matching_predict(tmp_path, job, suffix):
 
 KILLER = """
 import importlib, os, signal, sys
-from tlkit.results import predict_to_file
-p = importlib.import_module("tlkit.predict")
+from tlkit.inference.prediction_file import predict_to_file
+p = importlib.import_module("tlkit.inference.predict")
 real = p.iter_probabilities
 def dying(*a, **k):
     for n, item in enumerate(real(*a, **k)):
         if n == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         yield item
-import tlkit.results
-tlkit.results.iter_probabilities = dying
+import tlkit.inference.prediction_file
+tlkit.inference.prediction_file.iter_probabilities = dying
 predict_to_file([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=4)
 """
 

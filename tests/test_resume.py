@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import tlkit
 from tlkit.cli import main
-from tlkit.resume import CHECKPOINT_DIR, STATE_FILE
+from tlkit.runs import CHECKPOINT_DIR, STATE_FILE
 
 from conftest import COLOURS, make_dataset, write_image
 
@@ -29,7 +29,7 @@ KILLER = """
 import json, os, signal, sys
 import keras, tlkit
 from tlkit.config import config_from_dict
-from tlkit.resume import Checkpoint
+from tlkit.training.checkpoint import CheckpointStore
 
 data, run_dir, where, config = sys.argv[1:]
 kind, *at = where.split(":")
@@ -51,13 +51,13 @@ class KillAt(keras.callbacks.Callback):
         if kind == "end" and (self.phase,) == at:
             die()
 
-write_state, writes = Checkpoint._write_state, []
+write_state, writes = CheckpointStore.write_state, []
 def dying_write_state(self):
     writes.append(1)
     if kind == "state" and (len(writes),) == at:
         die()
     write_state(self)
-Checkpoint._write_state = dying_write_state
+CheckpointStore.write_state = dying_write_state
 
 tlkit.train(data, config_from_dict(json.loads(config)), run_dir=run_dir, verbose=0, callbacks=[KillAt()])
 """
@@ -280,7 +280,7 @@ def test_a_damaged_checkpoint_state_is_refused_and_said_what_to_do(interrupted):
     shutil.rmtree(state.parent)  # as the message says: the run starts again from the beginning
     again = CliRunner().invoke(main, [*args, *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in {
         "image_size": 32, "weights": "none", "batch_size": 8, "mode": "finetune", "epochs": 3, "warmup_epochs": 2,
-        "patience": 2, "val_split": 0.3, "cache_dir": interrupted.config.data.cache_dir}.items()), []), "--quiet"])
+        "patience": 2, "val_split": 0.3, "cache_dir": interrupted.config.runtime.cache_dir}.items()), []), "--quiet"])
     assert again.exit_code == 0, again.output
     assert_same_training(interrupted.run, interrupted.whole)
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import tlkit
 from tlkit.cli import main
-from tlkit.files import atomic_write, write_checksums, write_json
+from tlkit.io import atomic_write, write_checksums, write_json
 from tlkit.runs import RUN_CHECKSUM
 
 from conftest import REPO, make_dataset

@@ -7,7 +7,8 @@ import pytest
 import tlkit
 import tlkit.backbone
 import tlkit.model
-from tlkit.data import load_split, scan
+from tlkit.data import scan
+from tlkit.data.image_cache import load_split
 from tlkit.features import extract
 
 from conftest import make_dataset
@@ -27,12 +28,12 @@ def test_features_mode_writes_a_whole_run(tmp_path, config):
     assert result.class_names == ("blue", "green", "red") and result.run_dir == run
     history = json.loads((run / "history.json").read_text())
     assert [p["name"] for p in history] == ["features"]
-    assert len(history[0]["history"]["val_accuracy"]) == config.train.epochs
+    assert len(history[0]["history"]["val_accuracy"]) == config.fit.epochs
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == {"train": 12, "val": 6} and metrics["skipped"] == {}
     assert 0 <= metrics["val_accuracy"] <= 1 and metrics["best_epoch"] >= 1
     keras.utils.set_random_seed(config.data.seed)
-    untrained = tlkit.model.build_head(result.model.get_layer("head").input_shape[1:], 3, config.train,
+    untrained = tlkit.model.build_head(result.model.get_layer("head").input_shape[1:], 3, config.model,
                                        config.data.seed)
     trained = result.model.get_layer("head").get_layer("hidden").get_weights()[0]
     assert not np.allclose(trained, untrained.get_layer("hidden").get_weights()[0])  # the head was fitted
@@ -50,7 +51,7 @@ def test_saved_model_scores_like_the_head_on_cached_features(tmp_path, config):
     features = extract(data, config, verbose=0)
     head = result.model.get_layer("head")
     x_val, _, files = features.split("val")
-    val = load_split(features.index, "val", config.data)
+    val = load_split(features.index, "val", config)
     assert [str(f) for f in files] == [str(f) for f in val.files]
     from_images = result.model.predict(val.images, verbose=0)
     from_features = head.predict(x_val, verbose=0)
@@ -67,7 +68,7 @@ def test_frozen_mode_trains_the_head_only(tmp_path, config):
             np.testing.assert_array_equal(trained, initial)
     keras.utils.set_random_seed(config.data.seed)
     # the head's initial weights
-    untrained = tlkit.model.build_head(reference.output_shape[1:], 2, config.train, config.data.seed)
+    untrained = tlkit.model.build_head(reference.output_shape[1:], 2, config.model, config.data.seed)
     hidden = result.model.get_layer("head").get_layer("hidden").get_weights()[0]
     assert not np.array_equal(hidden, untrained.get_layer("hidden").get_weights()[0])
     history = result.history[0]
@@ -149,7 +150,7 @@ def test_from_run_fixes_the_split_and_the_head(tmp_path, config):
     tlkit.train(data, config.replace(data={"seed": 7}, train={"head_units": 8}), run_dir=tmp_path / "warm", verbose=0)
     tuned = tlkit.train(data, config.replace(train={"mode": "finetune"}), run_dir=tmp_path / "tuned",
                         from_run=tmp_path / "warm", verbose=0)
-    assert tuned.config.data.seed == 7 and tuned.config.train.head_units == 8  # no leak into the new val split
+    assert tuned.config.data.seed == 7 and tuned.config.model.head_units == 8  # no leak into the new val split
 
 
 @pytest.mark.parametrize("change, message", [
@@ -180,7 +181,7 @@ def test_mixed_precision_keeps_the_output_float32(tmp_path, config):
     assert result.model.get_layer("vgg16").get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert result.model.output.dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == "mixed_bfloat16"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["precision"] == "mixed_bfloat16"
 
 
 def test_augmentation_runs_where_asked_and_never_stays_in_the_model(tmp_path, config, monkeypatch):
@@ -200,8 +201,8 @@ def test_augmentation_runs_where_asked_and_never_stays_in_the_model(tmp_path, co
 
 
 def test_class_weights_balance_the_classes_and_reach_the_loss(tmp_path, config):
-    from tlkit.data import Batches
-    from tlkit.train import class_weights, row_weights
+    from tlkit.data.batches import Batches
+    from tlkit.training.phases import class_weights, row_weights
 
     labels = np.array([0, 0, 0, 1])
     np.testing.assert_allclose(class_weights(labels, 2, "auto"), [4 / 6, 4 / 2])  # each class weighs 2 in all
@@ -217,7 +218,7 @@ def test_class_weights_balance_the_classes_and_reach_the_loss(tmp_path, config):
             result = tlkit.train(data, config.replace(train={"mode": mode, "class_weight": weighting}),
                                  run_dir=tmp_path / f"{mode}-{weighting}", verbose=0)
             losses[weighting] = result.history[0]["history"]["loss"][0]
-        train_counts = np.bincount(load_split(scan(data, config.data), "train", config.data).labels)
+        train_counts = np.bincount(load_split(scan(data, config.data), "train", config).labels)
         expected = {name: sum(train_counts) / (2 * count) for name, count in zip(("blue", "red"), train_counts)}
         assert result.metrics["class_weight"] == pytest.approx(expected)
         assert losses["auto"] != pytest.approx(losses["none"], rel=1e-4)  # the weights reach the loss

@@ -24,9 +24,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from tlkit import backends
+from tlkit.backends.devices import ReplicaSeedGenerator
 from tlkit.config import TTA_SHIFT, AugmentConfig
-from tlkit.data import Batches
-from tlkit.distribute import Devices, ReplicaSeedGenerator
+from tlkit.data.batches import Batches
 from tlkit.errors import TlkitError
 
 
@@ -94,25 +95,18 @@ class AugmentedBatches(Batches):
         seed: Seed of the shuffling and of the transforms.
         epoch: The epoch the first batches belong to (a resumed run starts past 0).
         weights: A sample weight per row, given with each batch.
-        devices: The devices a batch is spread over, as for :class:`~tlkit.data.Batches`.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig,
-                 seed: int, epoch: int = 0, weights: np.ndarray | None = None, devices: Devices | None = None) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, config: AugmentConfig, *,
+                 seed: int, epoch: int = 0, weights: np.ndarray | None = None) -> None:
         # one worker: each epoch's transforms come from one random stream, drawn in batch order
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights,
-                         devices=devices)
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, weights=weights)
         self.config = config
 
-    def __getitem__(self, index: int):
-        rows, factors = self.share(index)
-        batch = self.images[rows]
-        # drawn for the whole batch, every process keeping its part: no two processes share a transform
-        processes = 1 if self.devices is None else self.devices.processes
-        params = sample_transforms(self.rng, len(rows) * processes, self.config, batch.shape[1])
-        if processes > 1:
-            params = {name: values[self.devices.part(len(rows) * processes)] for name, values in params.items()}
-        return self.pack(rows, augment_batch(batch, params, self.config), factors)
+    def batch(self, rows: np.ndarray, factors: np.ndarray | None = None) -> tuple:
+        images = self.images[rows]
+        params = sample_transforms(self.rng, len(rows), self.config, images.shape[1])
+        return self.assemble(rows, augment_batch(images, params, self.config), factors)
 
 
 def affine_matrices(params: dict, image_size: int):
@@ -161,15 +155,14 @@ class RandomAffine(keras.layers.Layer):
     shape. Outside training the layer passes images through unchanged.
     """
 
-    def __init__(self, rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
+    def __init__(self, *, rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
                  zoom_range=0.0, horizontal_flip=False, fill_mode="nearest", seed=None, **kwargs):
         super().__init__(**kwargs)
         self.config = AugmentConfig(rotation_range, width_shift_range, height_shift_range, shear_range,
                                     zoom_range, horizontal_flip, fill_mode)
         self.seed = seed
         self.seed_generator = ReplicaSeedGenerator(seed)  # on several devices, each draws its own transforms
-        # TensorFlow's image-transform op has no XLA kernel: there the step runs without XLA.
-        self.supports_jit = keras.backend.backend() != "tensorflow"
+        self.supports_jit = backends.current().AFFINE_TRANSFORM_COMPILES  # TensorFlow's op has no XLA kernel
 
     @classmethod
     def from_augment_config(cls, config: AugmentConfig, seed: int | None = None) -> RandomAffine:

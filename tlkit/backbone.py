@@ -1,53 +1,63 @@
-"""The VGG16 convolutional base: its weights, its input preprocessing, freezing.
+"""Every VGG16 fact tlkit relies on: its layers, its weights, its input preprocessing, freezing it.
 
-VGG16's ImageNet weights were trained in Caffe on BGR images with the ImageNet
-mean subtracted, so inputs go through ``keras.applications.vgg16.preprocess_input``
-(caffe mode), not the 1/255 rescale of the classic recipe. :class:`VGGPreprocess`
-does that inside the model, so a saved classifier takes raw RGB pixels in [0, 255].
+VGG16's ImageNet weights were trained in Caffe on BGR images with the ImageNet mean subtracted, so
+inputs are flipped to BGR and have :data:`IMAGENET_BGR_MEAN` subtracted (what
+``keras.applications.vgg16.preprocess_input`` does in caffe mode), not the 1/255 rescale of the classic
+recipe. :class:`tlkit.model.VGGPreprocess` does that inside the saved model.
+
+Importing this module imports no ML framework; building the base does.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
+from functools import lru_cache
 from pathlib import Path
-
-import keras
-from keras import ops
 
 from tlkit.errors import TlkitError
 
+#: The convolutional base's layers, bottom to top.
+VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                     for kind in [*(f"conv{n}" for n in range(1, convs + 1)), "pool"])
+#: The base's name inside a classifier (Keras's name for ``VGG16(include_top=False)``).
+BASE_NAME = "vgg16"
+#: The layer whose output tlkit uses as features (and the head takes).
+FEATURE_LAYER = "block5_pool"
+#: The layer Grad-CAM reads: the last convolution (before the last pooling halves its resolution).
+CAM_LAYER = "block5_conv3"
 #: ImageNet channel means, in BGR order, that caffe-mode preprocessing subtracts.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-#: The layer whose output tlkit uses as features.
-FEATURE_LAYER = "block5_pool"
-
-
-@keras.saving.register_keras_serializable(package="tlkit")
-class VGGPreprocess(keras.layers.Layer):
-    """Caffe-mode VGG16 preprocessing as a layer: RGB [0, 255] -> BGR minus the ImageNet mean.
-
-    Equal to ``keras.applications.vgg16.preprocess_input`` on channels-last input.
-    """
-
-    def call(self, inputs):
-        bgr = ops.flip(ops.cast(inputs, self.compute_dtype), axis=-1)
-        return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
 
 
 def weights_identity(weights: str) -> str:
-    """A string that changes whenever the weights do: ``imagenet``, ``none``, or ``sha256:<digest>`` of a file."""
+    """A string that changes whenever the weights do: ``imagenet``, ``none``, or ``sha256:<digest>`` of a file.
+
+    A file's digest is computed once per process while its size and modification time stay the same.
+
+    Raises:
+        TlkitError: If ``weights`` names a file that does not exist.
+    """
     kind = weights.lower()
     if kind in ("imagenet", "none"):
         return kind
-    path = _weights_path(weights)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    path = weights_path(weights).resolve()
+    info = os.stat(path)
+    return _file_identity(str(path), info.st_size, info.st_mtime_ns)
 
 
-def _weights_path(weights: str) -> Path:
+@lru_cache(maxsize=8)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    from tlkit.io import digest
+
+    return f"sha256:{digest(path, 'sha256')}"
+
+
+def weights_path(weights: str) -> Path:
+    """The weights file ``weights`` names.
+
+    Raises:
+        TlkitError: If it does not exist.
+    """
     path = Path(weights).expanduser()
     if not path.is_file():
         raise TlkitError(
@@ -57,7 +67,7 @@ def _weights_path(weights: str) -> Path:
     return path
 
 
-def build_base(weights: str, image_size: int, seed: int = 0) -> keras.Model:
+def build_base(weights: str, image_size: int, seed: int = 0):
     """VGG16 without its classifier (``include_top=False``) for square RGB inputs of ``image_size``.
 
     Args:
@@ -67,17 +77,20 @@ def build_base(weights: str, image_size: int, seed: int = 0) -> keras.Model:
         image_size: Input side, >= 32.
         seed: Seed of the random weights when ``weights`` is ``none``.
 
+    Returns:
+        A ``keras.Model`` named :data:`BASE_NAME` whose output is :data:`FEATURE_LAYER`'s.
+
     Raises:
         TlkitError: If a weights file is missing or does not fit VGG16's conv base.
     """
+    import keras
+
     kind = weights.lower()
-    source = None if kind == "none" else "imagenet" if kind == "imagenet" else str(_weights_path(weights))
+    source = None if kind == "none" else "imagenet" if kind == "imagenet" else str(weights_path(weights))
     if source is None:
         keras.utils.set_random_seed(seed)
     try:
-        return keras.applications.VGG16(
-            include_top=False, weights=source, input_shape=(image_size, image_size, 3)
-        )
+        return keras.applications.VGG16(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
     except (ValueError, OSError) as exc:
         raise TlkitError(f"cannot load VGG16 weights from {weights}: {exc}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
@@ -87,7 +100,7 @@ def build_base(weights: str, image_size: int, seed: int = 0) -> keras.Model:
                          "or set TLKIT_WEIGHTS to a VGG16 notop weights file") from None
 
 
-def set_trainable_from(base: keras.Model, first_layer: str | None) -> None:
+def set_trainable_from(base, first_layer: str | None) -> None:
     """Freeze ``base`` below ``first_layer`` and unfreeze it and every layer above; ``None`` freezes all.
 
     Raises:

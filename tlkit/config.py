@@ -1,10 +1,13 @@
-"""Every tlkit setting and its default, in one place.
+"""Every tlkit setting, its default, its help text and its allowed values, in one place.
 
-A :class:`Config` holds three frozen sections: :class:`DataConfig` (how a folder
-becomes images), :class:`AugmentConfig` (ImageDataGenerator-style augmentation)
-and :class:`TrainConfig` (model and optimisation). The CLI takes its defaults from
-here; ``--config FILE`` (JSON or TOML) and a run's own ``config.json`` load back
-through :func:`load_config`.
+A :class:`Config` holds five frozen sections: :class:`DataConfig` (which images, and how they are split),
+:class:`AugmentConfig` (ImageDataGenerator-style augmentation), :class:`ModelConfig` (the network),
+:class:`FitConfig` (how it is trained) and :class:`RuntimeConfig` (how the machine runs it). Each field's
+help text and choices live in its metadata; the CLI makes one flag per field from them. ``--config FILE``
+(JSON or TOML) and a run's own ``config.json`` load back through :func:`load_config`, including files of
+the earlier layout (sections ``data``, ``augment``, ``train``; run format 2).
+
+Importing this module imports no ML framework.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlkit.backbone import VGG16_LAYERS
 from tlkit.errors import TlkitError
 
 MODES = ("features", "frozen", "finetune")
@@ -29,9 +33,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")
 
-#: Layers of VGG16's convolutional base that ``unfreeze_from`` may name.
-VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-                     for kind in [*(f"conv{n}" for n in range(1, convs + 1)), "pool"])
 #: Learning rate of the head (features, frozen, and the warm-up of finetune).
 HEAD_LEARNING_RATE = 1e-3
 #: Learning rate once the top of the base is unfrozen (finetune).
@@ -68,182 +69,223 @@ def default_cache_dir() -> str:
     return os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "tlkit")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """How a folder of class sub-folders becomes labelled, resized images.
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
+           machine: bool = False, factory=None) -> Any:
+    """A config field with its help text, its allowed values (``choices``), and whether it describes
+    the ``machine`` rather than the run (such a setting may differ when a run is resumed)."""
+    metadata = {"help": help, "choices": choices, "machine": machine}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-    Attributes:
-        image_size: Side of the square every image is resized to (VGG16 needs >= 32).
-        val_split: Fraction of each class held out for validation when the folder
-            has no ``validation/`` (or ``val/``) split of its own.
-        test_split: Fraction of each class held out for testing, same condition.
-        seed: Seed of the stratified split (and of weight initialisation).
-        workers: Threads that decode images in parallel.
-        cache_dir: Folder of the feature cache.
-    """
 
-    image_size: int = 150
-    val_split: float = 0.2
-    test_split: float = 0.0
-    seed: int = 1337
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    cache_dir: str = field(default_factory=default_cache_dir)
+class _Section:
+    """Checks every field that has ``choices`` on construction; sections add their own checks."""
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata["choices"]
+            _check(choices is None or getattr(self, spec.name) in choices, spec.name, getattr(self, spec.name),
+                   f"one of {', '.join(choices or ())}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which images a dataset gives, at what size, and how a plain folder is split."""
+
+    image_size: int = option(150, help="Side of the square images are resized to.")
+    val_split: float = option(0.2, help="Validation fraction per class, for a folder without its own split.")
+    test_split: float = option(0.0, help="Test fraction per class, for a folder without its own split.")
+    seed: int = option(1337, help="Seed of the split, shuffling, augmentation and initialisation.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.image_size >= 32, "image_size", self.image_size, "an integer >= 32 (VGG16's smallest input)")
         _check(0.0 <= self.val_split < 1.0, "val_split", self.val_split, "a fraction in [0, 1)")
         _check(0.0 <= self.test_split < 1.0, "test_split", self.test_split, "a fraction in [0, 1)")
         _check(self.val_split + self.test_split < 1.0, "val_split + test_split",
                self.val_split + self.test_split, "below 1 so that some images are left to train on")
-        _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
         _check(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(_Section):
     """Random transforms of training images, with Keras ImageDataGenerator's meaning.
 
-    The defaults are the classic recipe's (Deep Learning with Python, 5.2.5).
-    Augmentation applies to ``frozen`` and ``finetune`` training only; extracted
-    features are computed from the plain images.
+    The defaults are the classic recipe's (Deep Learning with Python, 5.2.5). Augmentation applies
+    to ``frozen`` and ``finetune`` training only; extracted features are computed from the plain images.
     """
 
-    rotation_range: float = 40.0
-    width_shift_range: float = 0.2
-    height_shift_range: float = 0.2
-    shear_range: float = 0.2
-    zoom_range: float = 0.2
-    horizontal_flip: bool = True
-    fill_mode: str = "nearest"
+    rotation_range: float = option(40.0, help="Random rotation, degrees (+/-).")
+    width_shift_range: float = option(0.2, help="Random horizontal shift, fraction of the width (pixels if >= 1).")
+    height_shift_range: float = option(0.2, help="Random vertical shift, fraction of the height (pixels if >= 1).")
+    shear_range: float = option(0.2, help="Random shear angle, degrees (+/-).")
+    zoom_range: float = option(0.2, help="Random zoom in [1 - z, 1 + z], x and y independently.")
+    horizontal_flip: bool = option(True, help="Flip half of the images left-right.")
+    fill_mode: str = option("nearest", help="How points outside the image are filled.", choices=FILL_MODES)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
-        _check(self.fill_mode in FILL_MODES, "fill_mode", self.fill_mode, f"one of {', '.join(FILL_MODES)}")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The model and how it is trained.
+class ModelConfig(_Section):
+    """The network: VGG16's weights, the head on top of it, and how much of VGG16 fine-tuning trains."""
 
-    Attributes:
-        mode: ``features`` (dense head on cached conv-base features), ``frozen``
-            (base frozen, end to end with augmentation) or ``finetune`` (head
-            warm-up, then the base unfrozen from ``unfreeze_from`` up).
-        weights: ``imagenet``, a path to a VGG16 notop weights file, or ``none``.
-        epochs: Most epochs of the main phase (early stopping may end it sooner).
-        warmup_epochs: Most epochs of finetune's head warm-up.
-        warmup_mode: How finetune warms its head up: on cached ``features`` (fast)
-            or ``frozen`` with augmentation.
-        batch_size: Images per step.
-        optimizer: ``rmsprop``, ``adam``, ``sgd`` (momentum 0.9) or ``nadam``.
-        learning_rate: Head learning rate (features, frozen, warm-up).
-        finetune_learning_rate: Learning rate once the base is unfrozen.
-        unfreeze_from: First VGG16 layer trained in finetune; it and all above it train.
-        pooling: How the conv feature map becomes a vector: ``avg`` or ``flatten``.
-        head_units: Width of the dense hidden layer.
-        dropout: Dropout rate before the output layer.
-        patience: Epochs without a better validation loss before stopping
-            (0 turns early stopping off). The best epoch's weights are kept.
-        augment_on: ``device`` (augmentation inside the training step, on the
-            accelerator) or ``cpu`` (the classic ImageDataGenerator, for comparison).
-        precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16`` (the output
-            layer stays float32).
-        class_weight: ``none``, or ``auto``: each training image weighs
-            ``images / (classes * images of its class)`` in the loss, so every class
-            counts alike however few images it has.
-        distribute: ``auto`` (every accelerator of this machine when it has several, else one
-            device), ``none``, ``mirrored`` (every device of this machine) or ``multiworker``
-            (one process per machine, JAX); ``batch_size`` stays the global batch. See
-            :mod:`tlkit.distribute`.
-    """
-
-    mode: str = "features"
-    weights: str = field(default_factory=default_weights)
-    epochs: int = 30
-    warmup_epochs: int = 10
-    warmup_mode: str = "features"
-    batch_size: int = 32
-    optimizer: str = "rmsprop"
-    learning_rate: float = HEAD_LEARNING_RATE
-    finetune_learning_rate: float = FINETUNE_LEARNING_RATE
-    unfreeze_from: str = "block5_conv1"
-    pooling: str = "avg"
-    head_units: int = 256
-    dropout: float = 0.5
-    patience: int = 5
-    augment_on: str = "device"
-    precision: str = "float32"
-    class_weight: str = "none"
-    distribute: str = "auto"
+    weights: str = option(help="VGG16 weights: imagenet, none, or a weights file (default from TLKIT_WEIGHTS "
+                               "when set).", factory=default_weights)
+    pooling: str = option("avg", help="Feature map to vector: global average or flatten.", choices=POOLINGS)
+    head_units: int = option(256, help="Width of the dense hidden layer.")
+    dropout: float = option(0.5, help="Dropout rate before the output layer.")
+    unfreeze_from: str = option("block5_conv1", help="First VGG16 layer that finetune trains (it and all above).")
 
     def __post_init__(self) -> None:
-        _check(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
-        _check(self.warmup_mode in WARMUP_MODES, "warmup_mode", self.warmup_mode, f"one of {', '.join(WARMUP_MODES)}")
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
-        _check(self.pooling in POOLINGS, "pooling", self.pooling, f"one of {', '.join(POOLINGS)}")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.warmup_epochs >= 1, "warmup_epochs", self.warmup_epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
-        _check(self.finetune_learning_rate > 0, "finetune_learning_rate", self.finetune_learning_rate, "a number > 0")
+        super().__post_init__()
+        _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
         _check(self.head_units >= 1, "head_units", self.head_units, "an integer >= 1")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
-        _check(self.patience >= 0, "patience", self.patience, "an integer >= 0")
-        _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
-        _check(self.augment_on in AUGMENT_ON, "augment_on", self.augment_on, f"one of {', '.join(AUGMENT_ON)}")
-        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        _check(self.class_weight in CLASS_WEIGHTS, "class_weight", self.class_weight,
-               f"one of {', '.join(CLASS_WEIGHTS)}")
-        _check(self.distribute in DISTRIBUTE, "distribute", self.distribute, f"one of {', '.join(DISTRIBUTE)}")
         _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
                f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 
 
 @dataclass(frozen=True)
+class FitConfig(_Section):
+    """How the model is trained: the mode, its phases' lengths and learning rates, the loss weighting."""
+
+    mode: str = option("features", choices=MODES, help="features: head on cached features; frozen: end to end, "
+                                                       "base frozen; finetune: then unfreeze.")
+    epochs: int = option(30, help="Most epochs of the main phase.")
+    warmup_epochs: int = option(10, help="Most epochs of finetune's head warm-up.")
+    warmup_mode: str = option("features", help="How finetune warms up its head.", choices=WARMUP_MODES)
+    batch_size: int = option(32, help="Images per step.")
+    optimizer: str = option("rmsprop", help="Optimizer (sgd uses momentum 0.9).", choices=OPTIMIZERS)
+    learning_rate: float = option(HEAD_LEARNING_RATE, help="Learning rate of the head.")
+    finetune_learning_rate: float = option(FINETUNE_LEARNING_RATE, help="Learning rate once the base is unfrozen.")
+    patience: int = option(5, help="Epochs without a better val_loss before stopping; 0: never stop early.")
+    class_weight: str = option("none", choices=CLASS_WEIGHTS, help="auto: weigh each class inversely to its "
+                                                                   "number of training images (imbalanced data).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(self.warmup_epochs >= 1, "warmup_epochs", self.warmup_epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
+        _check(self.finetune_learning_rate > 0, "finetune_learning_rate", self.finetune_learning_rate, "a number > 0")
+        _check(self.patience >= 0, "patience", self.patience, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(_Section):
+    """How this machine runs the job: precision, where augmentation runs, devices, threads, cache folder."""
+
+    precision: str = option("float32", help="Compute precision; mixed types keep the output layer float32.",
+                            choices=PRECISIONS)
+    augment_on: str = option("device", choices=AUGMENT_ON, help="Augment inside the training step (device) or "
+                                                               "with the classic ImageDataGenerator (cpu).")
+    distribute: str = option("auto", choices=DISTRIBUTE, machine=True,
+                             help="Devices: auto (every accelerator when there are several), none (one), mirrored "
+                                  "(every device here), multiworker (one process per machine, JAX; see README).")
+    workers: int = option(help="Threads decoding images.", machine=True, factory=lambda: min(8, os.cpu_count() or 1))
+    cache_dir: str = option(help="Folder of the feature cache (or set TLKIT_CACHE).", machine=True,
+                            factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
+
+
+SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "fit": FitConfig,
+            "runtime": RuntimeConfig}
+#: The section of every option (option names are unique across sections).
+OWNER = {spec.name: name for name, section in SECTIONS.items() for spec in dataclasses.fields(section)}
+#: The sections of run format 2 and earlier config files, with the options each held.
+FORMER_SECTIONS = {
+    "data": ("image_size", "val_split", "test_split", "seed", "workers", "cache_dir"),
+    "augment": tuple(name for name, section in OWNER.items() if section == "augment"),
+    "train": ("mode", "weights", "epochs", "warmup_epochs", "warmup_mode", "batch_size", "optimizer", "learning_rate",
+              "finetune_learning_rate", "unfreeze_from", "pooling", "head_units", "dropout", "patience", "augment_on",
+              "precision", "class_weight", "distribute"),
+}
+#: Keys a run's ``config.json`` carries beside the sections; ignored on load.
+RECORD_KEYS = ("provenance",)
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole tlkit configuration: data, augmentation and training sections."""
+    """A whole tlkit configuration: data, augment, model, fit and runtime sections."""
 
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The configuration as plain JSON-ready sections."""
         return dataclasses.asdict(self)
 
     def replace(self, **sections: dict[str, Any]) -> Config:
-        """A copy with some fields of some sections changed, e.g. ``replace(train={"epochs": 3})``."""
-        unknown = set(sections) - set(SECTIONS)
-        if unknown:
-            raise TlkitError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        return config_from_dict({name: {**values, **sections.get(name, {})} for name, values in self.to_dict().items()})
+        """A copy with some fields of some sections changed, e.g. ``replace(fit={"epochs": 3})`` (the
+        former sections' names are understood too: ``replace(train={"epochs": 3})``)."""
+        changes = _by_section(sections)
+        return config_from_dict({name: {**values, **changes.get(name, {})} for name, values in self.to_dict().items()})
+
+    def machine_settings(self) -> dict[str, Any]:
+        """The settings that describe the machine, not the run (they may differ on resume): ``{name: value}``."""
+        return {spec.name: getattr(getattr(self, OWNER[spec.name]), spec.name)
+                for section in SECTIONS.values() for spec in dataclasses.fields(section) if spec.metadata["machine"]}
+
+    def with_machine_settings(self, other: Config) -> Config:
+        """This config with ``other``'s machine settings."""
+        changes: dict[str, dict[str, Any]] = {}
+        for name, value in other.machine_settings().items():
+            changes.setdefault(OWNER[name], {})[name] = value
+        return self.replace(**changes)
+
+    def run_settings(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without the machine's settings: what must be the same for the same run."""
+        machine = self.machine_settings()
+        return {name: {key: value for key, value in values.items() if key not in machine}
+                for name, values in self.to_dict().items()}
 
 
-SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "train": TrainConfig}
-#: Keys a run's ``config.json`` carries beside the sections; ignored on load.
-RECORD_KEYS = ("provenance",)
+def _by_section(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options grouped by their section, from sections of this layout or of the former one.
+
+    Raises:
+        TlkitError: On an unknown section or option, or a section that is not a table.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for name, values in raw.items():
+        if name in RECORD_KEYS:
+            continue
+        if name not in SECTIONS and name not in FORMER_SECTIONS:
+            raise TlkitError(f"unknown config section {name!r}; expected one of {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise TlkitError(f"config section {name!r} must be a table of options, got {values!r}")
+        known = {spec.name for spec in dataclasses.fields(SECTIONS[name])} if name in SECTIONS else set()
+        known |= set(FORMER_SECTIONS.get(name, ()))
+        for key, value in values.items():
+            if key not in known:
+                raise TlkitError(f"unknown option {key!r} in config section {name!r}; known: {', '.join(known)}")
+            grouped.setdefault(OWNER[key], {})[key] = value
+    return grouped
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from sections of plain values, checking every name and value.
+    """Build a :class:`Config` from sections of plain values (this layout or the former one), checking
+    every name and value.
 
     Raises:
         TlkitError: On an unknown section or option, or a value out of range.
     """
     sections = {}
-    for name, values in raw.items():
-        if name in RECORD_KEYS:
-            continue
-        if name not in SECTIONS:
-            raise TlkitError(f"unknown config section {name!r}; expected one of {', '.join(SECTIONS)}")
-        if not isinstance(values, dict):
-            raise TlkitError(f"config section {name!r} must be a table of options, got {values!r}")
-        known = {f.name: f for f in dataclasses.fields(SECTIONS[name])}
-        for key in values:
-            if key not in known:
-                raise TlkitError(f"unknown option {key!r} in config section {name!r}; known: {', '.join(known)}")
-        sections[name] = SECTIONS[name](**{k: _coerce(name, known[k], v) for k, v in values.items()})
+    for name, values in _by_section(raw).items():
+        known = {spec.name: spec for spec in dataclasses.fields(SECTIONS[name])}
+        sections[name] = SECTIONS[name](**{key: _coerce(name, known[key], value) for key, value in values.items()})
     return Config(**sections)
 
 
@@ -262,7 +304,7 @@ def load_config(path: str | Path) -> Config:
     except (ValueError, UnicodeDecodeError) as exc:
         raise TlkitError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(raw, dict):
-        raise TlkitError(f"config file {path} must hold sections data/augment/train")
+        raise TlkitError(f"config file {path} must hold sections {'/'.join(SECTIONS)}")
     return config_from_dict(raw)
 
 

@@ -7,7 +7,7 @@ folder (reused, and said so); any change finds a new one (recomputed). One row
 per file of the whole dataset, so changing the split or its seed reuses the cache.
 
 Extraction streams: each split's images come from the decoded-image cache (see
-:func:`tlkit.data.load_split`) a chunk at a time, and their features are written into
+:func:`tlkit.data.image_cache.load_split`) a chunk at a time, and their features are written into
 an ``.npy`` file as they come (plain file I/O, so memory stays flat).
 """
 
@@ -22,13 +22,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit import distribute
-from tlkit.backbone import FEATURE_LAYER, VGGPreprocess, build_base, weights_identity
-from tlkit.cache import MANIFEST, RowFile, building, cache_folder, file_records, is_built, relative_name
+from tlkit.backbone import FEATURE_LAYER, build_base, weights_identity
+from tlkit.backends.devices import Devices, resolve
 from tlkit.config import Config
-from tlkit.data import IMAGES_FILE, DatasetIndex, load_split, scan
-from tlkit.model import precision_policy
-from tlkit.files import read_json, write_json
+from tlkit.errors import OptionError
+from tlkit.data.image_cache import IMAGES_FILE, load_split
+from tlkit.data.scan import DatasetIndex, scan
+from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
+                      write_json)
+from tlkit.model import build_feature_extractor, precision_policy, predict_rows
 
 log = logging.getLogger("tlkit")
 
@@ -61,8 +63,7 @@ class FeatureSet:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         """``(features, labels, files)`` of one split, undecodable files left out."""
         table = np.load(self.path / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
-        recipe = read_json(self.path / MANIFEST)
-        row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
+        row_of = {record[0]: row for row, record in enumerate(read_json(self.path / MANIFEST)["files"])}
         pairs = [(row_of[relative_name(p, self.index.root)], label, p)
                  for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
@@ -77,20 +78,23 @@ def manifest(index: DatasetIndex, config: Config) -> dict:
         "root": str(index.root.resolve()),
         "files": file_records(files, index.root),
         "image_size": config.data.image_size,
-        "weights": weights_identity(config.train.weights),
-        "seed": config.data.seed if config.train.weights.lower() == "none" else None,
+        "weights": weights_identity(config.model.weights),
+        "seed": config.data.seed if config.model.weights.lower() == "none" else None,
         "layer": FEATURE_LAYER,
-        "precision": config.train.precision,
+        "precision": config.runtime.precision,
     }
 
 
-def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbose: int = 1) -> FeatureSet:
+def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbose: int = 1,
+            devices: Devices | None = None) -> FeatureSet:
     """Compute (or reuse from the cache) the VGG16 features of every image of a dataset.
 
     Args:
         data: A dataset folder, or an index from :func:`tlkit.data.scan`.
         config: Settings (image size, weights, cache folder...); defaults if omitted.
         verbose: 0 silent, 1 progress bars.
+        devices: The devices to extract on (this process's); resolved from ``config.runtime.distribute``
+            if omitted.
 
     Returns:
         The cached :class:`FeatureSet`.
@@ -99,32 +103,34 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
         TlkitError: On a bad dataset folder or weights path, or a class with no readable image in
             one of the splits (all its files there skipped): nothing is then cached but the
             decoded images.
+        OptionError: For ``multiworker`` (only training spreads over machines).
     """
     config = config or Config()
-    devices = distribute.resolve(config.train.distribute)  # first: a multiworker process joins its cluster
+    if devices is None:
+        devices = resolve(one_machine(config.runtime.distribute))
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
-    recipe = manifest(index, config)
-    folder = cache_folder(config.data.cache_dir, "features", recipe)
+    wanted = manifest(index, config)
+    folder = cache_folder(config.runtime.cache_dir, "features", wanted)
     reused = is_built(folder)
     if reused:
         log.info("feature cache up to date, reusing %s", folder)
     else:
-        log.info("extracting features of %d images into %s", len(recipe["files"]), folder)
-        _compute(index, config, recipe, folder, verbose, devices)
+        log.info("extracting features of %d images into %s", len(wanted["files"]), folder)
+        _compute(index, config, wanted, folder, verbose, devices)
     undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
     return FeatureSet(index, folder, reused, {**index.skipped, **undecodable})
 
 
-def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, verbose: int,
-             devices: distribute.Devices) -> None:
+def _compute(index: DatasetIndex, config: Config, wanted: dict, folder: Path, verbose: int,
+             devices: Devices) -> None:
     """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
 
     Images come from the decoded-image caches (built here if missing), read a chunk at a time
     across all splits, and their features are written into the table as they are computed.
     """
-    row_of = {record[0]: row for row, record in enumerate(recipe["files"])}
-    with precision_policy(config.train.precision), devices.local_scope():
-        extractor = feature_extractor(config.train.weights, config.data.image_size, config.data.seed)
+    row_of = {record[0]: row for row, record in enumerate(wanted["files"])}
+    with precision_policy(config.runtime.precision), devices.local_scope():
+        extractor = build_feature_extractor(build_base(config.model.weights, config.data.image_size, config.data.seed))
     skipped: dict[str, str] = {}
     with building(folder) as staging, ExitStack() as files:
         table = files.enter_context(RowFile(staging / FEATURES_FILE, (len(row_of), *extractor.output_shape[1:])))
@@ -132,20 +138,20 @@ def _compute(index: DatasetIndex, config: Config, recipe: dict, folder: Path, ve
         for name, paths in index.files.items():
             if not paths:  # --val-split 0 leaves val empty: nothing to decode
                 continue
-            split = load_split(index, name, config.data, progress=bool(verbose))
+            split = load_split(index, name, config, progress=bool(verbose))
             skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
             sources.append((files.enter_context(RowFile(split.cache / IMAGES_FILE)),
                             [row_of[relative_name(path, index.root)] for path in split.files]))
         bar = keras.utils.Progbar(sum(len(rows) for _, rows in sources), unit_name="image") if verbose else None
         done = 0
         for images, rows in _chunks(sources, CHUNK_IMAGES):
-            for row, feature in zip(rows, distribute.predict_rows(extractor, images, EXTRACT_BATCH, devices)):
+            for row, feature in zip(rows, predict_rows(extractor, images, EXTRACT_BATCH, devices)):
                 table.write(row, feature[None])
             done += len(rows)
             if bar is not None:
                 bar.update(done)
         write_json(staging / "skipped.json", skipped)
-        write_json(staging / MANIFEST, recipe)
+        write_json(staging / MANIFEST, wanted)
 
 
 def _chunks(sources: list[tuple[RowFile, list[int]]], size: int) -> Iterator[tuple[np.ndarray, list[int]]]:
@@ -162,8 +168,13 @@ def _chunks(sources: list[tuple[RowFile, list[int]]], size: int) -> Iterator[tup
         yield np.concatenate(arrays), rows
 
 
-def feature_extractor(weights: str, image_size: int, seed: int = 0) -> keras.Model:
-    """``raw RGB pixels -> VGGPreprocess -> VGG16 conv base``, giving ``block5_pool`` feature maps."""
-    base = build_base(weights, image_size, seed)
-    inputs = keras.Input(shape=(image_size, image_size, 3))
-    return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
+def one_machine(distribute: str) -> str:
+    """``distribute``, refused when it asks for several machines: only training spreads over them.
+
+    Raises:
+        OptionError: For ``multiworker``.
+    """
+    if distribute == "multiworker":
+        raise OptionError("--distribute multiworker is for tlkit train (each machine would repeat the whole job); "
+                          "here use mirrored for every device of this machine")
+    return distribute

@@ -1,27 +1,48 @@
-"""The dense head, the assembled classifier, and how they are compiled.
+"""The classifier: its head, its assembly on VGG16, how it is compiled, and its class probabilities.
 
-The head takes VGG16's ``block5_pool`` feature map, so the same head trains on
-cached features (``features`` mode) and sits on the live base (``frozen``,
-``finetune``). The classifier is ``image -> VGGPreprocess -> VGG16 base -> head``
-and takes raw RGB pixels in [0, 255].
+The head takes VGG16's ``block5_pool`` feature map, so the same head trains on cached features
+(``features`` mode) and sits on the live base (``frozen``, ``finetune``). The classifier is
+``image -> VGGPreprocess -> VGG16 base -> head`` and takes raw RGB pixels in [0, 255].
+
+Two classes train one sigmoid unit with binary cross-entropy, more a softmax; everything that turns
+the model's output into per-class probabilities or logits goes through this module (the two-class rule
+lives here only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import keras
+import numpy as np
+from keras import ops
 
-from tlkit.backbone import VGGPreprocess
-from tlkit.config import TrainConfig
+from tlkit.backbone import IMAGENET_BGR_MEAN
+from tlkit.backends.devices import Devices, pad_rows, round_up
+from tlkit.config import PREDICT_BATCH, ModelConfig
 
 HEAD_NAME = "head"
-BASE_NAME = "vgg16"
+#: The preprocessing layer's name inside a classifier.
+PREPROCESS_NAME = "preprocess"
 #: Pooled VGG16 features of caffe-preprocessed images average about 3 with tails past 100; scaling
 #: them down keeps the head's first logits small. Measured on hymenoptera (3 seeds): validation loss
 #: 0.24 instead of 0.45-0.58 unscaled, and accuracy 0.92 +/- 0.004 instead of 0.91 +/- 0.02.
 FEATURE_SCALE = 1 / 30
+#: Rows handed to one ``model.predict`` call by :func:`predict_rows` (memory stays bounded by it).
+PREDICT_CHUNK = 1024
+
+
+@keras.saving.register_keras_serializable(package="tlkit")
+class VGGPreprocess(keras.layers.Layer):
+    """Caffe-mode VGG16 preprocessing as a layer: RGB [0, 255] -> BGR minus the ImageNet mean.
+
+    Equal to ``keras.applications.vgg16.preprocess_input`` on channels-last input.
+    """
+
+    def call(self, inputs):
+        bgr = ops.flip(ops.cast(inputs, self.compute_dtype), axis=-1)
+        return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
 
 
 def is_binary(num_classes: int) -> bool:
@@ -29,7 +50,7 @@ def is_binary(num_classes: int) -> bool:
     return num_classes == 2
 
 
-def build_head(feature_shape: tuple[int, ...], num_classes: int, config: TrainConfig, seed: int) -> keras.Model:
+def build_head(feature_shape: tuple[int, ...], num_classes: int, config: ModelConfig, seed: int) -> keras.Model:
     """Pooling (global average or flatten) -> scaling -> Dense(head_units, relu) -> Dropout -> output layer.
 
     The dropout draws from its own random stream seeded by ``seed`` (a model variable, so a
@@ -51,9 +72,15 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, config: TrainCo
 def build_classifier(base: keras.Model, head: keras.Model) -> keras.Model:
     """``image -> VGGPreprocess -> base (inference mode) -> head``: the model a run saves."""
     inputs = keras.Input(shape=base.input_shape[1:], name="image")
-    x = VGGPreprocess(name="preprocess")(inputs)
+    x = VGGPreprocess(name=PREPROCESS_NAME)(inputs)
     x = base(x, training=False)
     return keras.Model(inputs, head(x), name="tlkit_classifier")
+
+
+def build_feature_extractor(base: keras.Model) -> keras.Model:
+    """``raw RGB pixels -> VGGPreprocess -> base``, giving the base's feature maps."""
+    inputs = keras.Input(shape=base.input_shape[1:])
+    return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -69,7 +96,7 @@ def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning
     """Compile with the loss that fits the class count and an accuracy metric.
 
     ``weighted_accuracy``: weigh the accuracy by the sample weights too, as on several devices,
-    where padding rows weigh zero (see :mod:`tlkit.distribute`).
+    where padding rows weigh zero (see :mod:`tlkit.backends.devices`).
     """
     loss = "binary_crossentropy" if is_binary(num_classes) else "sparse_categorical_crossentropy"
     metrics = {"weighted_metrics" if weighted_accuracy else "metrics": ["accuracy"]}
@@ -92,3 +119,50 @@ def precision_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def predict_rows(model: keras.Model, rows, batch_size: int, devices: Devices | None = None) -> np.ndarray:
+    """``model.predict`` over ``rows`` (an array, a memory-mapped one included), read a chunk at a time.
+
+    With several local devices (``model`` built in ``devices.local_scope()``) each chunk is padded
+    to a multiple of them, and the batch size rounded up to one, so that every device gets an equal
+    part; the padding is cut off again.
+    """
+    multiple = 1 if devices is None else devices.local_count
+    batch = round_up(batch_size, multiple)
+    outputs = []
+    for start in range(0, len(rows), PREDICT_CHUNK):
+        chunk = np.asarray(rows[start:start + PREDICT_CHUNK])
+        padded = pad_rows(chunk, multiple)
+        with nullcontext() if devices is None else devices.local_scope():
+            predicted = model.predict(padded, batch_size=min(batch, len(padded)), verbose=0)
+        outputs.append(np.asarray(predicted)[:len(chunk)])
+    if not outputs:
+        return np.empty((0, *model.output_shape[1:]), dtype=np.float32)
+    return np.concatenate(outputs)
+
+
+def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BATCH,
+                        devices: Devices | None = None) -> np.ndarray:
+    """``(n, classes)`` probabilities of ``images`` (read a chunk at a time: a memory-mapped array stays
+    on disk; on ``devices``, see :func:`predict_rows`); a sigmoid output ``p`` becomes ``[1 - p, p]``."""
+    out = predict_rows(model, images, batch_size, devices).astype(np.float64)
+    return np.concatenate([1.0 - out, out], axis=1) if out.shape[1] == 1 else out
+
+
+def both_classes(p, num_classes: int):
+    """A Keras tensor of the classifier's output as one probability per class: a sigmoid unit's ``p``
+    becomes ``[1 - p, p]`` (layers ``one_minus`` and ``both_classes``); softmax outputs stay as they are."""
+    if not is_binary(num_classes):
+        return p
+    one_minus_p = keras.layers.Rescaling(-1.0, offset=1.0, name="one_minus")(p)
+    return keras.layers.Concatenate(name="both_classes")([one_minus_p, p])
+
+
+def class_logits(z, classes: np.ndarray, binary: bool):
+    """The logit of ``classes[i]`` for row ``i`` of the output layer's logits ``z``: a sigmoid unit's
+    logit ``z`` is class 1's, class 0's is ``-z``."""
+    if binary:
+        sign = ops.convert_to_tensor(np.where(classes == 1, 1.0, -1.0).astype("float32"))
+        return z[:, 0] * sign
+    return ops.take_along_axis(z, ops.convert_to_tensor(classes.reshape(-1, 1).astype("int32")), axis=1)[:, 0]

@@ -6,15 +6,12 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: drawing into files leaves the user's plotting backend alone
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tlkit.config import CURVE_SMOOTHING  # noqa: E402
-from tlkit.files import atomic_write  # noqa: E402
+from tlkit.config import CURVE_SMOOTHING
+from tlkit.io import atomic_write
 
 
 def smooth(values: list[float], factor: float) -> list[float]:
@@ -75,7 +72,8 @@ def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_S
     drawn = curves(phases, smoothing)
     names = " then ".join(phase["name"] for phase in phases)
     cuts = [0, *(int(b) for b in drawn.boundaries), len(drawn.epochs)]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("accuracy", "loss")):
         for colour, (key, label) in enumerate(((metric, "training"), (f"val_{metric}", "validation"))):
             raw, smoothed = drawn.series[key]
@@ -97,7 +95,6 @@ def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_S
         axis.legend()
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
-    plt.close(figure)
 
 
 def plot_confusion(matrix: list[list[int]], class_names: list[str], path: str | Path) -> None:
@@ -119,7 +116,8 @@ def confusion_png(matrix: list[list[int]], class_names: list[str]) -> bytes:
     totals = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     side = 3 + 0.5 * len(class_names)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    figure = Figure(figsize=(2 * side + 1, side))
+    axes = figure.subplots(1, 2)
     for axis, values, title, form in ((axes[0], counts, "counts", "{:.0f}"),
                                       (axes[1], normalized, "row-normalised", "{:.2f}")):
         axis.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
@@ -135,5 +133,4 @@ def confusion_png(matrix: list[list[int]], class_names: list[str]) -> bytes:
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, dpi=100, format="png")
-    plt.close(figure)
     return png.getvalue()

@@ -19,13 +19,12 @@ from PIL import Image
 
 from tlkit import __version__
 from tlkit.config import PREDICT_BATCH, TOP_LOSSES
-from tlkit.data import decode_image, read_rgb
-from tlkit.evaluate import evaluate
-from tlkit.explain import Explanation, explain_images
-from tlkit.files import atomic_write, read_json, require_parent
+from tlkit.data.decode import decode_image, read_rgb
+from tlkit.inference.evaluate import Evaluation, evaluate
+from tlkit.inference.explain import Explanation, explain_images
+from tlkit.io import atomic_write, read_json, require_parent
 from tlkit.plots import confusion_png
-from tlkit.predict import resolve_run
-from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run
+from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run, resolve_run
 
 #: Longest side of a picture in the mistakes gallery, in pixels.
 GALLERY_SIDE = 240
@@ -56,8 +55,8 @@ code { font-size: 13px; }
 
 
 def write_report(out: str | Path, run: Run | str | Path | None = None, data: str | Path | None = None,
-                 split: str | None = None, mistakes: int = TOP_LOSSES, tta: int = 1,
-                 batch_size: int = PREDICT_BATCH, verbose: int = 0) -> dict:
+                 split: str | None = None, *, mistakes: int = TOP_LOSSES, tta: int = 1,
+                 batch_size: int = PREDICT_BATCH, verbose: int = 0) -> Evaluation:
     """Evaluate a run and write its HTML report (atomically).
 
     Args:
@@ -67,15 +66,15 @@ def write_report(out: str | Path, run: Run | str | Path | None = None, data: str
         mistakes: How many of the most confident mistakes the gallery shows.
 
     Returns:
-        The evaluation shown (:func:`tlkit.evaluate`'s report).
+        The evaluation shown (:func:`tlkit.evaluate`'s).
 
     Raises:
         TlkitError: As :func:`tlkit.evaluate`.
     """
     out = require_parent(out)
     run = resolve_run(run)
-    evaluation = evaluate(data, run, split, batch_size, verbose, mistakes, tta)
-    explanations = _explain_mistakes(run, evaluation["top_losses"])
+    evaluation = evaluate(data, run, split, batch_size=batch_size, verbose=verbose, mistakes=mistakes, tta=tta)
+    explanations = _explain_mistakes(run, evaluation.top_losses)
     page = render(run, evaluation, explanations)
     atomic_write(out, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
     return evaluation
@@ -95,19 +94,19 @@ def _explain_mistakes(run: Run, mistakes: list[dict]) -> list[Explanation]:
     return explain_images(run, paths, pixels, pictures, [mistake["predicted"] for mistake in mistakes])
 
 
-def render(run: Run, evaluation: dict, explanations: list[Explanation]) -> str:
+def render(run: Run, evaluation: Evaluation, explanations: list[Explanation]) -> str:
     """The report page as HTML text."""
     provenance = read_json(run.path / CONFIG_FILE)["provenance"]
     sections = [
         _summary(run, evaluation, provenance),
         _section("Learning curves", _image((run.path / CURVES_FILE).read_bytes(), "image/png",
                                            "training and validation accuracy and loss per epoch", "plot")),
-        _section(f"Metrics on {escape(evaluation['split'])} ({evaluation['count']} images)", _metrics_table(evaluation)),
+        _section(f"Metrics on {escape(evaluation.split)} ({evaluation.count} images)", _metrics_table(evaluation)),
         _section("Confusion matrix", _confusion_table(evaluation) + _image(
-            confusion_png(evaluation["confusion_matrix"], evaluation["class_names"]), "image/png",
+            confusion_png(evaluation.confusion_matrix, evaluation.class_names), "image/png",
             "confusion matrix, counts and row-normalised", "plot")),
-        _section("Most confident mistakes", _gallery(evaluation["top_losses"], explanations, evaluation["accuracy"])),
-        _section("Skipped files", _skipped(run.metrics.get("skipped", {}), evaluation["skipped"])),
+        _section("Most confident mistakes", _gallery(evaluation.top_losses, explanations, evaluation.accuracy)),
+        _section("Skipped files", _skipped(run.metrics.get("skipped", {}), evaluation.skipped)),
         _section("Configuration", _config_table(run)),
     ]
     title = f"tlkit report: {run.path.name}"
@@ -127,16 +126,15 @@ def _image(data: bytes, kind: str, alt: str, css: str = "") -> str:
     return f'<img class="{css}" alt="{escape(alt)}" src="{source}">'
 
 
-def _summary(run: Run, evaluation: dict, provenance: dict) -> str:
+def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
     metrics = run.metrics
     epochs = metrics["epochs_run"]
-    settings = run.config.train
-    views = f" over {evaluation['tta']} test-time views" if evaluation["tta"] > 1 else ""
-    subtitle = (f"{escape(settings.mode)} run on <code>{escape(run.data_dir)}</code>, created "
+    views = f" over {evaluation.tta} test-time views" if evaluation.tta > 1 else ""
+    subtitle = (f"{escape(run.config.fit.mode)} run on <code>{escape(run.data_dir)}</code>, created "
                 f"{escape(provenance['created'])} on the {escape(provenance['backend'])} backend; "
-                f"evaluated on <code>{escape(evaluation['data'])}</code> [{escape(evaluation['split'])}]{views}.")
-    cards = [(f"{evaluation['accuracy']:.4f}", "accuracy"), (f"{evaluation['loss']:.4f}", "loss"),
-             (f"{evaluation['macro_avg']['f1']:.4f}", "macro F1"), (str(evaluation["count"]), "images evaluated"),
+                f"evaluated on <code>{escape(evaluation.data)}</code> [{escape(evaluation.split)}]{views}.")
+    cards = [(f"{evaluation.accuracy:.4f}", "accuracy"), (f"{evaluation.loss:.4f}", "loss"),
+             (f"{evaluation.macro_avg['f1']:.4f}", "macro F1"), (str(evaluation.count), "images evaluated"),
              (" + ".join(map(str, epochs)), "epochs run (per phase)"),
              (str(sum(epochs[:-1]) + metrics["best_epoch"]), f"best epoch (in {escape(metrics['best_phase'])})")]
     body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
@@ -144,23 +142,23 @@ def _summary(run: Run, evaluation: dict, provenance: dict) -> str:
     return f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>'
 
 
-def _metrics_table(evaluation: dict) -> str:
-    rows = [(name, row, "") for name, row in evaluation["per_class"].items()]
-    rows += [(label, {**evaluation[key], "support": evaluation["count"]}, "average")
+def _metrics_table(evaluation: Evaluation) -> str:
+    rows = [(name, row, "") for name, row in evaluation.per_class.items()]
+    rows += [(label, {**getattr(evaluation, key), "support": evaluation.count}, "average")
              for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"))]
     body = "".join(f'<tr class="{css}"><td>{escape(name)}</td><td>{row["precision"]:.4f}</td>'
                    f'<td>{row["recall"]:.4f}</td><td>{row["f1"]:.4f}</td><td>{row["support"]}</td></tr>'
                    for name, row, css in rows)
     return ('<table id="metrics"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
             f'<th>support</th></tr></thead><tbody>{body}</tbody></table>\n'
-            f'<p>Accuracy {evaluation["accuracy"]:.4f}, cross-entropy loss {evaluation["loss"]:.4f}.</p>')
+            f'<p>Accuracy {evaluation.accuracy:.4f}, cross-entropy loss {evaluation.loss:.4f}.</p>')
 
 
-def _confusion_table(evaluation: dict) -> str:
-    names = evaluation["class_names"]
+def _confusion_table(evaluation: Evaluation) -> str:
+    names = evaluation.class_names
     head = "".join(f"<th>{escape(name)}</th>" for name in names)
     body = ""
-    for name, counts, shares in zip(names, evaluation["confusion_matrix"], evaluation["confusion_matrix_normalized"]):
+    for name, counts, shares in zip(names, evaluation.confusion_matrix, evaluation.confusion_matrix_normalized):
         cells = "".join(f"<td>{count} ({share:.2f})</td>" for count, share in zip(counts, shares))
         body += f"<tr><th>{escape(name)}</th>{cells}</tr>"
     return (f'<table id="confusion"><thead><tr><th>true \\ predicted</th>{head}</tr></thead><tbody>{body}</tbody>'

@@ -11,25 +11,36 @@ A run folder holds::
     checksums.json  size and SHA-256 of each file above: a damaged or modified run is refused
 
 The model is written last (after the checksums), so a folder with a model is a whole run.
-While the run trains, ``checkpoint/`` holds its resumable state (see :mod:`tlkit.resume`).
+While the run trains, ``checkpoint/`` holds its resumable state (see :mod:`tlkit.training.checkpoint`).
+Runs of format 2 (config sections ``data``/``augment``/``train``) load as well as this format's.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tlkit.config import Config, DEFAULT_RUNS_DIR, config_from_dict
+from tlkit import __version__
+from tlkit.config import DEFAULT_RUNS_DIR, Config, config_from_dict
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write, damage, read_json, write_checksums
+from tlkit.io import atomic_write, damage, read_json, write_checksums, write_json
 
-#: Bumped when a run folder's layout changes in a way older code cannot read.
-RUN_FORMAT = 2
+log = logging.getLogger("tlkit")
+
+#: Bumped when a run folder's layout changes in a way older code cannot read (3: config sections
+#: data/augment/model/fit/runtime).
+RUN_FORMAT = 3
+#: The formats this tlkit reads.
+READABLE_FORMATS = (2, 3)
 
 MODEL_FILE = "model.keras"
+#: While a run trains: its checkpoint folder, and the file there that says what it holds.
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
 CLASSES_FILE = "classes.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -105,16 +116,22 @@ def save_run_model(model, run_dir: Path) -> None:
     atomic_write(run_dir / MODEL_FILE, write)
 
 
-def find_latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
-    """The run under ``runs_dir`` whose model was saved last.
+def latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR, interrupted: bool = False) -> Path:
+    """The run under ``runs_dir`` whose model was saved last, or (``interrupted``) the unfinished run
+    whose checkpoint was written last.
 
     Raises:
         TlkitError: If there is none.
     """
-    candidates = [p for p in Path(runs_dir).glob(f"*/{MODEL_FILE}")] if Path(runs_dir).is_dir() else []
-    if not candidates:
+    marker = f"{CHECKPOINT_DIR}/{STATE_FILE}" if interrupted else MODEL_FILE
+    found = [path for path in Path(runs_dir).glob(f"*/{marker}") if not interrupted
+             or not (path.parent.parent / MODEL_FILE).exists()] if Path(runs_dir).is_dir() else []
+    if not found:
+        if interrupted:
+            raise TlkitError(f"no interrupted run under {runs_dir}/ to resume; give --run-dir")
         raise TlkitError(f"no runs found under {runs_dir}/; train one first or give --run")
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns).parent
+    newest = max(found, key=lambda path: path.stat().st_mtime_ns)
+    return newest.parent.parent if interrupted else newest.parent
 
 
 def checked_run(path: str | Path) -> tuple[Path, dict]:
@@ -131,8 +148,9 @@ def checked_run(path: str | Path) -> tuple[Path, dict]:
         raise TlkitError(f"{path} is not a tlkit run folder (no {MODEL_FILE})")
     record = read_json(path / CONFIG_FILE)
     found = record.get("provenance", {}).get("run_format") if isinstance(record, dict) else None
-    if found != RUN_FORMAT:
-        raise TlkitError(f"run {path} has format {found!r}; this tlkit reads format {RUN_FORMAT}: retrain it")
+    if found not in READABLE_FORMATS:
+        raise TlkitError(f"run {path} has format {found!r}; this tlkit reads formats "
+                         f"{', '.join(map(str, READABLE_FORMATS))}: retrain it")
     problem = damage(path)
     if problem is not None:
         raise TlkitError(f"run {path} is damaged or was modified ({problem}); it is not loaded: retrain it "
@@ -146,7 +164,7 @@ def read_history(path: str | Path | None = None) -> list[dict]:
     Raises:
         TlkitError: If the folder is not a whole run of this format.
     """
-    path, _ = checked_run(find_latest_run() if path is None else path)
+    path, _ = checked_run(latest_run() if path is None else path)
     return read_json(path / HISTORY_FILE)
 
 
@@ -159,7 +177,7 @@ def load_run(path: str | Path) -> Run:
     """
     import keras
 
-    import tlkit.backbone  # noqa: F401  registers VGGPreprocess for deserialisation
+    import tlkit.model  # noqa: F401  registers VGGPreprocess for deserialisation
 
     path, record = checked_run(path)
     class_names = tuple(read_json(path / CLASSES_FILE))
@@ -172,3 +190,46 @@ def load_run(path: str | Path) -> Run:
         raise TlkitError(f"cannot load {path / MODEL_FILE}: {exc}") from None
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
     return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"])
+
+
+def resolve_run(run: Run | str | Path | None) -> Run:
+    """A loaded run: as given, loaded from a folder, or (``None``) the latest under ``runs/``."""
+    if isinstance(run, Run):
+        return run
+    if run is None:
+        path = latest_run()
+        log.info("using the latest run: %s", path)
+        return load_run(path)
+    return load_run(run)
+
+
+def write_run(out: Path, model, config: Config, record: dict, phases: list[dict], metrics: dict) -> None:
+    """Write every file of a run; the model last, so a folder with a model is a whole run.
+
+    Args:
+        out: The run folder (new or empty).
+        model: The trained classifier.
+        config: Its settings.
+        record: The provenance facts of the caller (data folder, classes, devices...), completed here
+            with the format, versions and time.
+        phases: One ``{"name", "history"}`` per phase.
+        metrics: The run's figures.
+    """
+    import keras
+
+    from tlkit.plots import plot_curves
+
+    provenance = {
+        "run_format": RUN_FORMAT,
+        "tlkit_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **record,
+    }
+    write_json(out / CLASSES_FILE, list(provenance["class_names"]))
+    write_json(out / CONFIG_FILE, {**config.to_dict(), "provenance": provenance})
+    write_json(out / HISTORY_FILE, phases)
+    write_json(out / METRICS_FILE, metrics)
+    plot_curves(phases, out / CURVES_FILE)
+    save_run_model(model, out)

@@ -6,7 +6,7 @@ each map, weighs the maps; their weighted sum, negatives cut to zero, is the hea
 (Selvaraju et al., 2017; Chollet, *Deep Learning with Python*, 5.4.3). The heatmap is
 stretched back over the whole image, as the image was squeezed into the model's square.
 
-Gradients are taken with the backend's own autodiff (TensorFlow, JAX or PyTorch).
+Gradients are taken with the backend's own autodiff (:func:`tlkit.backends.gradient`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
+from tlkit.backbone import BASE_NAME, CAM_LAYER
+from tlkit.backends import gradient
 from tlkit.config import CAM_OPACITY
-from tlkit.data import decode_image, read_rgb
+from tlkit.data.decode import decode_image, read_rgb
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write, require_parent
-from tlkit.model import BASE_NAME, HEAD_NAME
-from tlkit.predict import class_probabilities, resolve_run
-from tlkit.runs import Run
-
-#: The layer Grad-CAM reads: VGG16's last convolution (before the last pooling halves its resolution).
-CAM_LAYER = "block5_conv3"
+from tlkit.io import atomic_write, require_parent
+from tlkit.model import HEAD_NAME, PREPROCESS_NAME, class_logits, class_probabilities
+from tlkit.runs import Run, resolve_run
 #: Images whose gradients are taken at once (memory: about 27 MB each at image size 150).
 CAM_BATCH = 16
 
@@ -69,7 +67,7 @@ class GradCam:
     def __init__(self, model: keras.Model) -> None:
         try:
             base, head = model.get_layer(BASE_NAME), model.get_layer(HEAD_NAME)
-            preprocess = model.get_layer("preprocess")
+            preprocess = model.get_layer(PREPROCESS_NAME)
             conv = base.get_layer(CAM_LAYER)
         except ValueError:
             raise TlkitError("this model is not a tlkit VGG16 classifier; Grad-CAM needs its layers") from None
@@ -87,44 +85,17 @@ class GradCam:
         is class 1's; class 0's is ``-z``)."""
         hidden = ops.cast(self.hidden(self.pool(maps), training=False), "float32")
         z = ops.matmul(hidden, ops.cast(self.kernel, "float32")) + ops.cast(self.bias, "float32")
-        if self.binary:
-            sign = ops.convert_to_tensor(np.where(classes == 1, 1.0, -1.0).astype("float32"))
-            return z[:, 0] * sign
-        return ops.take_along_axis(z, ops.convert_to_tensor(classes.reshape(-1, 1).astype("int32")), axis=1)[:, 0]
+        return class_logits(z, classes, self.binary)
 
     def __call__(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Coarse heatmaps ``(n, h, w)`` in [0, 1] (``h, w``: the conv layer's grid) of ``classes[i]`` in image ``i``."""
         maps = ops.cast(self.maps(ops.convert_to_tensor(images, "float32"), training=False), "float32")
-        grads = ops.convert_to_numpy(_gradient(lambda m: self.logits(m, np.asarray(classes)), maps))
+        grads = ops.convert_to_numpy(gradient(lambda m: self.logits(m, np.asarray(classes)), maps))
         maps = ops.convert_to_numpy(maps)
         weights = grads.mean(axis=(1, 2), keepdims=True)  # one weight per feature map
         cams = np.maximum((weights * maps).sum(axis=-1), 0.0)
         peaks = cams.max(axis=(1, 2), keepdims=True)
         return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
-
-
-def _gradient(function, x):
-    """``d sum(function(x)) / dx`` with the backend's autodiff (each image's score depends on it alone)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            total = tf.reduce_sum(function(x))
-        return tape.gradient(total, x)
-    if backend == "jax":
-        import jax
-
-        return jax.grad(lambda v: function(v).sum())(x)
-    if backend == "torch":
-        import torch
-
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (gradient,) = torch.autograd.grad(function(x).sum(), x)
-        return gradient
-    raise TlkitError(f"Grad-CAM has no gradient for the {backend} backend; use tensorflow, jax or torch")
 
 
 def stretch(cam: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -171,7 +142,7 @@ def explain_images(run: Run, paths: list[Path], pixels: np.ndarray, pictures: li
     Args:
         run: The run whose classifier is explained.
         paths: The images' files (recorded in each :class:`Explanation`).
-        pixels: ``(n, size, size, 3)`` model inputs (:func:`tlkit.data.decode_image`).
+        pixels: ``(n, size, size, 3)`` model inputs (:func:`tlkit.data.decode.decode_image`).
         pictures: The same images at the resolution the heatmaps are stretched to.
         class_names: The class to explain per image; default: each image's predicted class.
     """

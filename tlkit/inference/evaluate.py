@@ -4,20 +4,62 @@ and the most confident mistakes."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tlkit.augment import tta_views
 from tlkit.config import PREDICT_BATCH, TOP_LOSSES
-from tlkit.data import SPLIT_NAMES, scan
+from tlkit.data.scan import SPLIT_NAMES, scan
 from tlkit.errors import TlkitError
-from tlkit.predict import iter_probabilities, resolve_run
-from tlkit.runs import Run
+from tlkit.inference.predict import iter_probabilities
+from tlkit.runs import Run, resolve_run
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras does.
 EPSILON = 1e-7
 SPLIT_CHOICES = (*SPLIT_NAMES, "all")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` returns: a run scored on labelled images.
+
+    Attributes:
+        data: The dataset folder.
+        split: The split scored (``train``, ``val``, ``test`` or ``all``).
+        tta: Test-time views averaged per image (1: none).
+        class_names: The run's classes, in label order.
+        count: Images scored.
+        loss: Mean cross-entropy.
+        accuracy: Fraction of images whose top class is right.
+        confusion_matrix: Counts; rows are true classes, columns predicted ones.
+        confusion_matrix_normalized: Each row divided by its total (a class with no images: zeros).
+        per_class: ``{name: {"precision", "recall", "f1", "support"}}``.
+        macro_avg: Precision, recall and F1 averaged over classes alike.
+        weighted_avg: The same weighed by support.
+        top_losses: The most confident mistakes (:func:`top_losses`).
+        skipped: The paths left out: entries the scan rejected, and files that could not be decoded.
+    """
+
+    data: str
+    split: str
+    tta: int
+    class_names: list[str]
+    count: int
+    loss: float
+    accuracy: float
+    confusion_matrix: list[list[int]]
+    confusion_matrix_normalized: list[list[float]]
+    per_class: dict[str, dict]
+    macro_avg: dict[str, float]
+    weighted_avg: dict[str, float]
+    top_losses: list[dict]
+    skipped: list[str]
+
+    def to_dict(self) -> dict:
+        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
+        return dataclasses.asdict(self)
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -82,7 +124,8 @@ def top_losses(probabilities: np.ndarray, labels: np.ndarray, paths: list, class
 
 
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
-             batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES, tta: int = 1) -> dict:
+             *, batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES,
+             tta: int = 1) -> Evaluation:
     """Score a run on a labelled folder.
 
     Args:
@@ -94,12 +137,11 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         batch_size: Images decoded and predicted per step.
         verbose: 0 silent, 1 a progress bar.
         mistakes: How many of the most confident mistakes to list (:func:`top_losses`).
-        tta: Test-time views averaged per image (1: none; see :func:`tlkit.predict.view_probabilities`).
+        tta: Test-time views averaged per image (1: none; see
+            :func:`tlkit.inference.predict.view_probabilities`).
 
     Returns:
-        :func:`classification_metrics` plus ``data``, ``split``, ``tta``, ``class_names``, ``top_losses`` and
-        ``skipped`` (the paths left out: entries the scan rejected, and files of the split that could
-        not be decoded).
+        An :class:`Evaluation`: :func:`classification_metrics` of the images, and which they were.
 
     Raises:
         TlkitError: On a bad folder, run or split, or classes the run does not know.
@@ -137,5 +179,5 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     probabilities, labels = np.concatenate(chunks), np.array([label_of[p] for p in kept])
     report = classification_metrics(probabilities, labels, run.class_names)
     skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
-    return {"data": str(data), "split": split, "tta": tta, "class_names": list(run.class_names), **report,
-            "top_losses": top_losses(probabilities, labels, kept, run.class_names, mistakes), "skipped": skipped}
+    return Evaluation(data=str(data), split=split, tta=tta, class_names=list(run.class_names), **report,
+                      top_losses=top_losses(probabilities, labels, kept, run.class_names, mistakes), skipped=skipped)

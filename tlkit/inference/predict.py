@@ -14,10 +14,11 @@ import numpy as np
 
 from tlkit.augment import tta_views, view_images
 from tlkit.config import PREDICT_BATCH
-from tlkit.data import decode_images, list_images
-from tlkit.distribute import Devices, predict_rows
+from tlkit.data.decode import decode_images
+from tlkit.data.scan import list_images
 from tlkit.errors import TlkitError
-from tlkit.runs import Run, find_latest_run, load_run
+from tlkit.model import class_probabilities
+from tlkit.runs import Run, resolve_run
 
 log = logging.getLogger("tlkit")
 
@@ -35,26 +36,6 @@ class Prediction:
         """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``)."""
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
-
-
-def resolve_run(run: Run | str | Path | None) -> Run:
-    """A loaded run: as given, loaded from a folder, or (``None``) the latest under ``runs/``."""
-    if isinstance(run, Run):
-        return run
-    if run is None:
-        path = find_latest_run()
-        log.info("using the latest run: %s", path)
-        return load_run(path)
-    return load_run(run)
-
-
-def class_probabilities(model, images: np.ndarray, batch_size: int = PREDICT_BATCH,
-                        devices: Devices | None = None) -> np.ndarray:
-    """``(n, classes)`` probabilities of ``images`` (read a chunk at a time: a memory-mapped array stays
-    on disk; on ``devices``, see :func:`tlkit.distribute.predict_rows`); a sigmoid output ``p`` becomes
-    ``[1 - p, p]``."""
-    out = predict_rows(model, images, batch_size, devices).astype(np.float64)
-    return np.concatenate([1.0 - out, out], axis=1) if out.shape[1] == 1 else out
 
 
 def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
@@ -112,7 +93,7 @@ def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BA
     chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
     done = 0
     with ThreadPoolExecutor(max_workers=1) as ahead:
-        decode = partial(decode_images, image_size=run.image_size, workers=run.config.data.workers)
+        decode = partial(decode_images, image_size=run.image_size, workers=run.config.runtime.workers)
         pending = ahead.submit(decode, chunks[0]) if chunks else None
         for position, chunk in enumerate(chunks):
             images, kept, skipped = pending.result()

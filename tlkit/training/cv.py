@@ -18,14 +18,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tlkit.backends.devices import resolve
 from tlkit.config import CV_FOLDS, CV_REPEATS, Config
-from tlkit.data import Batches, require_classes, scan
+from tlkit.data.batches import Batches
+from tlkit.data.scan import require_classes, scan
 from tlkit.errors import TlkitError
-from tlkit.evaluate import classification_metrics
-from tlkit.features import extract
-from tlkit.model import build_head, compile_model, precision_policy, targets
-from tlkit.predict import class_probabilities
-from tlkit.train import row_weights
+from tlkit.features import extract, one_machine
+from tlkit.inference.evaluate import classification_metrics
+from tlkit.model import build_head, class_probabilities, compile_model, precision_policy, targets
+from tlkit.training.phases import row_weights
 
 log = logging.getLogger("tlkit")
 
@@ -84,7 +85,7 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     The readable images of the train and validation splits are pooled (a test split stays held
     out, unseen); each repeat deals them into ``folds`` folds with :func:`stratified_folds`, and
     each fold in turn is scored by a fresh head trained on the other folds. The head, its
-    optimisation and the features are those of ``features`` mode, from ``config.train`` whatever
+    optimisation and the features are those of ``features`` mode, from ``config.fit`` and ``config.model`` whatever
     its ``mode``: ``epochs``, ``batch_size``, ``optimizer``, ``learning_rate``, ``pooling``,
     ``head_units``, ``dropout``, ``class_weight`` (computed on each fold's training images),
     ``weights`` and ``precision``. Every fold trains for exactly ``epochs`` epochs, without early
@@ -111,9 +112,10 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     if repeats < 1:
         raise TlkitError(f"invalid repeats: {repeats!r}; expected an integer >= 1")
     config = config or Config()
+    devices = resolve(one_machine(config.runtime.distribute))
     index = scan(data, config.data)
     require_classes(index)
-    features = extract(index, config, verbose)
+    features = extract(index, config, verbose, devices)
     pooled = [features.split(name) for name in POOLED_SPLITS]
     x = np.concatenate([part[0] for part in pooled])
     labels = np.concatenate([part[1] for part in pooled])
@@ -124,13 +126,13 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
                          "every fold needs an image of each class: use fewer folds or add images")
     test_files = {str(path) for path in index.files.get("test", [])}
     results = []
-    with precision_policy(config.train.precision):
+    with precision_policy(config.runtime.precision):
         for repeat in range(repeats):
             assignment = stratified_folds(labels, folds, config.data.seed, repeat)
             for fold in range(folds):
                 scored = assignment == fold
                 seed = (config.data.seed + repeat * folds + fold) % 2**32  # each fold its own head and order
-                result = _fit_fold(x[~scored], labels[~scored], x[scored], labels[scored], index.class_names,
+                result = _fit_fold((x[~scored], labels[~scored]), (x[scored], labels[scored]), index.class_names,
                                    config, seed)
                 log.info("repeat %d/%d, fold %d/%d: val_accuracy %.4f, val_loss %.4f", repeat + 1, repeats,
                          fold + 1, folds, result["val_accuracy"], result["val_loss"])
@@ -165,13 +167,14 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, repeat: int = 0)
     return assignment
 
 
-def _fit_fold(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+def _fit_fold(trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
               class_names: tuple[str, ...], config: Config, seed: int) -> dict:
-    """Train a fresh head on one fold's training images for ``config.train.epochs`` epochs, then score
-    the held-out fold as ``tlkit evaluate`` scores."""
-    settings, classes = config.train, len(class_names)
+    """Train a fresh head on one fold's training images ``(features, labels)`` for ``config.fit.epochs``
+    epochs, then score the held-out fold as ``tlkit evaluate`` scores."""
+    (x_train, y_train), (x_val, y_val) = trained_on, held_out
+    settings, classes = config.fit, len(class_names)
     keras.utils.set_random_seed(seed)
-    head = build_head(x_train.shape[1:], classes, settings, seed)
+    head = build_head(x_train.shape[1:], classes, config.model, seed)
     compile_model(head, classes, settings.optimizer, settings.learning_rate)
     batches = Batches(x_train, targets(y_train, classes), settings.batch_size, shuffle=True, seed=seed,
                       weights=row_weights(y_train, classes, settings.class_weight))

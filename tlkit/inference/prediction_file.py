@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.config import PREDICT_BATCH
-from tlkit.data import list_images
-from tlkit.errors import TlkitError
-from tlkit.files import require_parent
 from tlkit.augment import tta_views
-from tlkit.predict import iter_probabilities, resolve_run
-from tlkit.runs import Run
+from tlkit.config import PREDICT_BATCH
+from tlkit.data.scan import list_images
+from tlkit.errors import TlkitError
+from tlkit.inference.predict import iter_probabilities
+from tlkit.io import require_parent
+from tlkit.runs import Run, resolve_run
 
 log = logging.getLogger("tlkit")
 

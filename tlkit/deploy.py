@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -39,10 +35,9 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.files import atomic_write, digest, fsync, readable_by_all, require_parent, write_json
-from tlkit.model import is_binary
-from tlkit.predict import resolve_run
-from tlkit.runs import MODEL_FILE, RUN_CHECKSUM, Run
+from tlkit.io import atomic_folder, atomic_write, digest, require_parent, write_json
+from tlkit.model import both_classes
+from tlkit.runs import MODEL_FILE, RUN_CHECKSUM, Run, resolve_run
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 #: The suffix ``out`` must have, per file format (a SavedModel is a folder of any name).
@@ -117,7 +112,8 @@ def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
     model = probability_model(run)
     contract = _contract(run, fmt)
     if fmt == "savedmodel":
-        _write_folder(out, lambda folder: _write_savedmodel(model, contract, folder))
+        with atomic_folder(out) as folder:
+            _write_savedmodel(model, contract, folder)
     else:
         write = _write_tflite if fmt == "tflite" else _write_onnx
 
@@ -136,16 +132,13 @@ def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
 def probability_model(run: Run) -> keras.Model:
     """The run's classifier with the export contract: input ``image``, output ``{"probabilities": (n, classes)}``.
 
-    A two-class run's sigmoid ``p`` becomes ``[1 - p, p]``, as :func:`tlkit.predict.class_probabilities` does.
+    A two-class run's sigmoid ``p`` becomes ``[1 - p, p]``, as :func:`tlkit.model.class_probabilities` does.
     A run trained in mixed precision is exported computing in float32 (TFLite has no half-precision kernels
     for most of VGG16's operations; its weights are float32 anyway).
     """
     size = run.image_size
     image = keras.Input((size, size, 3), dtype="float32", name=INPUT_NAME)
-    p = _in_float32(run.model)(image, training=False)
-    if is_binary(len(run.class_names)):
-        one_minus_p = keras.layers.Rescaling(-1.0, offset=1.0, name="one_minus")(p)
-        p = keras.layers.Concatenate(name="both_classes")([one_minus_p, p])
+    p = both_classes(_in_float32(run.model)(image, training=False), len(run.class_names))
     return keras.Model(image, {OUTPUT_NAME: p}, name="tlkit_export")
 
 
@@ -280,19 +273,3 @@ def _write_onnx(model: keras.Model, contract: dict, path: Path) -> None:
                 CONTRACT_NAME: json.dumps(contract, ensure_ascii=False)}
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, path)
-
-
-def _write_folder(out: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(folder)`` on a new temporary folder beside ``out``, flush it, then rename it to ``out``."""
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(temporary)
-        for path in sorted(temporary.rglob("*"), reverse=True):  # files before the folders holding them
-            fsync(path)
-        fsync(temporary)
-        readable_by_all(temporary)
-        os.rename(temporary, out)
-        fsync(out.parent)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)

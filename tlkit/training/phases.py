@@ -1,0 +1,181 @@
+"""The phases of a training mode, and how one phase is fitted.
+
+- ``features``: one phase, a fresh head fitted on cached conv-base features.
+- ``frozen``: one phase, the classifier (base frozen) fitted end to end on augmented images.
+- ``finetune``: a head warm-up (on cached features, or frozen with augmentation; none when it starts
+  from an earlier run's model), then every base layer from ``unfreeze_from`` up fitted with the head
+  at ``finetune_learning_rate``.
+
+Every phase is fitted by :func:`fit_phase`: checkpointed after each epoch, restored on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from tlkit.augment import AugmentedBatches, RandomAffine
+from tlkit.backends.devices import Devices, sharded
+from tlkit.config import Config
+from tlkit.data.batches import Batches
+from tlkit.data.image_cache import Split
+from tlkit.features import FeatureSet
+from tlkit.model import build_head, compile_model, targets
+from tlkit.training.checkpoint import CheckpointStore, PhaseCheckpoint
+
+#: Threads reading training batches ahead of the device (augmentation on the device only: the CPU
+#: path's ImageDataGenerator draws from one random stream, so its batches are made one at a time).
+PREFETCH_THREADS = 4
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fit of a training mode.
+
+    Attributes:
+        name: As ``history.json`` calls it (``features``, ``warmup (features)``, ``frozen``,
+            ``warmup (frozen)``, ``finetune``).
+        on_features: A fresh head on cached features; otherwise the whole classifier on augmented images.
+        epochs: Most epochs.
+        learning_rate: Its learning rate.
+        unfreeze_from: For the whole classifier: the first base layer trained (``None``: the base frozen).
+    """
+
+    name: str
+    on_features: bool
+    epochs: int
+    learning_rate: float
+    unfreeze_from: str | None = None
+
+
+def phases_for(config: Config, from_earlier_run: bool) -> list[Phase]:
+    """The phases of ``config.fit.mode``; a fine-tuning that starts from an earlier run's model skips its warm-up."""
+    fit, mode = config.fit, config.fit.mode
+    if mode == "features":
+        return [Phase("features", True, fit.epochs, fit.learning_rate)]
+    if mode == "frozen":
+        return [Phase("frozen", False, fit.epochs, fit.learning_rate)]
+    warmup = [] if from_earlier_run else [Phase(f"warmup ({fit.warmup_mode})", fit.warmup_mode == "features",
+                                                fit.warmup_epochs, fit.learning_rate)]
+    return [*warmup, Phase("finetune", False, fit.epochs, fit.finetune_learning_rate, config.model.unfreeze_from)]
+
+
+@dataclass
+class Fitting:
+    """What every phase of a training is fitted with, besides its model and data.
+
+    Attributes:
+        config: The run's settings.
+        classes: How many classes the classifier tells apart.
+        devices: The devices of the job.
+        store: The run's checkpoint.
+        callbacks: The caller's Keras callbacks, given to every ``fit``.
+        verbose: 0 silent, 1 progress bars.
+    """
+
+    config: Config
+    classes: int
+    devices: Devices
+    store: CheckpointStore
+    callbacks: list
+    verbose: int
+
+
+def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) -> tuple[keras.Model, dict]:
+    """Fit a fresh head on cached features; returns ``(head, history)``."""
+    config, devices = fitting.config, fitting.devices
+    x_train, y_train, _ = features.split("train")
+    x_val, y_val, _ = features.split("val")
+    classes = fitting.classes
+    keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
+    head = build_head(x_train.shape[1:], classes, config.model, config.data.seed)
+    compile_model(head, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
+    weights = row_weights(y_train, classes, config.fit.class_weight)
+
+    def batches(epoch: int):
+        return sharded(Batches(x_train, targets(y_train, classes), config.fit.batch_size, shuffle=True,
+                               seed=config.data.seed, epoch=epoch, weights=weights), devices)
+
+    validation = sharded(Batches(x_val, targets(y_val, classes), config.fit.batch_size), devices, whole_epoch=True)
+    return head, fit_phase(PhaseCheckpoint(fitting.store, number, phase.name, head, head, config.fit.patience),
+                           batches, validation, phase.epochs, fitting)
+
+
+def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, phase: Phase,
+                   fitting: Fitting) -> dict:
+    """Fit the whole classifier on augmented training images, validating on plain ones.
+
+    With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier augments
+    each batch inside the training step (the saved classifier never holds it); with ``"cpu"``
+    ImageDataGenerator's ``apply_transform`` augments batches on the host.
+    """
+    config, devices = fitting.config, fitting.devices
+    train, val = splits["train"], splits["val"]
+    classes = fitting.classes
+    labels = targets(train.labels, classes)
+    weights = row_weights(train.labels, classes, config.fit.class_weight)
+    seed = config.data.seed + number  # each phase its own order and augmentations
+    if config.runtime.augment_on == "device":
+        inputs = keras.Input(shape=model.input_shape[1:], name="image")
+        augment = RandomAffine.from_augment_config(config.augment, seed=seed)
+        fit_model = keras.Model(inputs, model(augment(inputs)), name="trainer")
+
+        def batches(epoch: int):  # reading a batch is a memory copy: threads read ahead
+            return sharded(Batches(train.images, labels, config.fit.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                   weights=weights, workers=min(PREFETCH_THREADS, config.runtime.workers)), devices)
+    else:
+        fit_model = model
+
+        def batches(epoch: int):
+            return sharded(AugmentedBatches(train.images, labels, config.fit.batch_size, config.augment, seed=seed,
+                                            epoch=epoch, weights=weights), devices)
+    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
+    validation = sharded(Batches(val.images, targets(val.labels, classes), config.fit.batch_size), devices,
+                         whole_epoch=True)
+    checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, model, config.fit.patience)
+    return fit_phase(checkpoint, batches, validation, phase.epochs, fitting)
+
+
+def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.PyDataset], validation,
+              epochs: int, fitting: Fitting) -> dict:
+    """Fit one phase (its model compiled), checkpointing every epoch; returns its history (every epoch).
+
+    A phase that finished before an interruption is not fitted again: its kept model gets the weights
+    it ended with. A phase that was under way continues after its last finished epoch, with the
+    optimizer's and early stopping's state as they were.
+
+    Args:
+        checkpoint: The phase's checkpoint callback.
+        batches: ``epoch -> training batches`` starting at that epoch.
+        validation: The validation batches.
+        epochs: Most epochs of the phase.
+        fitting: The training's settings, devices and callbacks.
+    """
+    history = checkpoint.finished()
+    if history is not None:
+        return history
+    done, stopped = checkpoint.restore()
+    early = [checkpoint.stopping] if checkpoint.stopping else []
+    # shuffle=False: Batches shuffles each epoch from (seed, epoch); Keras would reorder batches with the
+    # global random state, which a resumed process does not share
+    checkpoint.fit_model.fit(batches(done), epochs=done if stopped else epochs, initial_epoch=done, shuffle=False,
+                             validation_data=validation, callbacks=[*early, *fitting.callbacks, checkpoint],
+                             verbose="auto" if fitting.verbose else 0)
+    return checkpoint.finish()
+
+
+def class_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:
+    """Per class, the weight of its images in the loss: ``auto`` gives ``images / (classes * images of
+    the class)`` (every class then weighs the same in total), ``none`` gives ``None`` (all weigh 1)."""
+    if mode == "none":
+        return None
+    return len(labels) / (classes * np.bincount(labels, minlength=classes))
+
+
+def row_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:
+    """The sample weight of each training image under :func:`class_weights`."""
+    weights = class_weights(labels, classes, mode)
+    return None if weights is None else weights[labels].astype("float32")
