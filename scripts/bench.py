@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 
 import tlkit  # noqa: E402
-from tlkit import distribute  # noqa: E402
+from tlkit.backends.devices import resolve  # noqa: E402
 from tlkit.backbone import build_base, set_trainable_from  # noqa: E402
 from tlkit.config import PRECISIONS  # noqa: E402
 from tlkit.features import EXTRACT_BATCH  # noqa: E402
@@ -296,7 +296,7 @@ def main() -> None:
     report = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
         "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
-        "tlkit_precision": args.precision, "tlkit_devices": distribute.resolve(args.distribute).describe(),
+        "tlkit_precision": args.precision, "tlkit_devices": resolve(args.distribute).describe(),
         "results": results, "predict": predictions,
     }
     print(json.dumps(report, indent=2))
