@@ -79,3 +79,12 @@ def test_a_command_that_loads_tensorflow_prints_none_of_its_start_up_lines(tmp_p
                            "--run", str(tmp_path / "norun")], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=300)
     assert done.returncode == 1 and done.stderr.splitlines() == [f"Error: run folder not found: {tmp_path / 'norun'}"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("script", sorted(path.name for path in (REPO / "scripts").glob("*.py")))
+def test_every_script_loads_against_the_package(script):
+    """The scripts import what the package now calls its names (their main parts are run elsewhere)."""
+    done = subprocess.run([sys.executable, "-c", f"import runpy; runpy.run_path({str(REPO / 'scripts' / script)!r})"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
