@@ -80,10 +80,10 @@ def test_hymenoptera_subset_features_mode_and_what_it_learned(tmp_path, real):
     augmented = tlkit.evaluate(data, run=run, split="val", tta=4)
     assert augmented.count == 60 and abs(augmented.accuracy - report.accuracy) <= 0.1
     # the report holds the metrics table and one picture per listed mistake
-    html = tlkit.write_report(tmp_path / "report.html", run, mistakes=3)
+    shown = tlkit.write_report(tmp_path / "report.html", run, mistakes=3)
     text = (tmp_path / "report.html").read_text()
-    assert '<table id="metrics">' in text and f"{html.per_class['bees']['recall']:.4f}" in text
-    assert text.count('<figure class="mistake"') == len(html.top_losses) > 0
+    assert '<table id="metrics">' in text and f"{shown.per_class['bees']['recall']:.4f}" in text
+    assert text.count('<figure class="mistake"') == len(shown.top_losses) > 0
     # 3-fold cross-validation of the head on the same (cached) features
     folds = tlkit.cross_validate(data, real.replace(data={"image_size": 96}), folds=3)
     assert folds.images == 140 and len(folds.fold_results) == 3 and folds.mean_accuracy >= 0.75

@@ -266,8 +266,8 @@ def _by_section(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise TlkitError(f"unknown config section {name!r}; expected one of {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise TlkitError(f"config section {name!r} must be a table of options, got {values!r}")
-        known = {spec.name for spec in dataclasses.fields(SECTIONS[name])} if name in SECTIONS else set()
-        known |= set(FORMER_SECTIONS.get(name, ()))
+        known = [spec.name for spec in dataclasses.fields(SECTIONS[name])] if name in SECTIONS else []
+        known += [key for key in FORMER_SECTIONS.get(name, ()) if key not in known]  # in a stable order
         for key, value in values.items():
             if key not in known:
                 raise TlkitError(f"unknown option {key!r} in config section {name!r}; known: {', '.join(known)}")
