@@ -210,9 +210,9 @@ def test_cli_export_says_what_it_wrote(tmp_path, runs):
     exportable("onnx")
     run = runs[3][0].path
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--out", str(out), "-q"])
+    result = CliRunner().invoke(main, ["export", "--run", str(run), "--format", "onnx", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == (f"onnx: {out} (input image float32 (batch, 32, 32, 3) RGB 0-255; output "
                                      "probabilities: blue, green, red)")
-    again = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--out", str(out)])
+    again = CliRunner().invoke(main, ["export", "--run", str(run), "--format", "onnx", "--out", str(out)])
     assert again.exit_code == 1 and "already exists" in again.output and len(again.output.strip().splitlines()) == 1

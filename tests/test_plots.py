@@ -38,16 +38,16 @@ def test_phases_share_one_epoch_axis_with_the_boundary_and_best_epoch():
 def test_tlkit_curves_redraws_a_run_with_another_smoothing(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=4)
     run = tlkit.train(data, config.replace(train={"mode": "finetune"}), run_dir=tmp_path / "run", verbose=0).run_dir
-    result = CliRunner().invoke(main, ["curves", str(run), "--out", str(tmp_path / "c.png"), "--smoothing", "0.3"])
+    result = CliRunner().invoke(main, ["curves", "--run", str(run), "--out", str(tmp_path / "c.png"), "--smoothing", "0.3"])
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "c.png") as image:
         assert image.size == (1100, 400)
-    smoother = CliRunner().invoke(main, ["curves", str(run), "--out", str(tmp_path / "s.png"), "--smoothing", "0.9"])
+    smoother = CliRunner().invoke(main, ["curves", "--run", str(run), "--out", str(tmp_path / "s.png"), "--smoothing", "0.9"])
     assert smoother.exit_code == 0 and (tmp_path / "s.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     phases = json.loads((run / "history.json").read_text())
     assert [p["name"] for p in phases] == ["warmup (features)", "finetune"]
     assert tlkit.load_run(run).path == run  # the run's own files are untouched (their checksums still match)
-    bad = CliRunner().invoke(main, ["curves", str(run), "--out", str(tmp_path / "d.png"), "--smoothing", "1"])
+    bad = CliRunner().invoke(main, ["curves", "--run", str(run), "--out", str(tmp_path / "d.png"), "--smoothing", "1"])
     assert bad.exit_code == 2 and bad.output.startswith("Error: Invalid value for '--smoothing'")
-    missing = CliRunner().invoke(main, ["curves", str(tmp_path / "nope"), "--out", str(tmp_path / "e.png")])
+    missing = CliRunner().invoke(main, ["curves", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "e.png")])
     assert missing.exit_code == 1 and "run folder not found" in missing.output

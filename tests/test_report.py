@@ -153,18 +153,18 @@ def test_cli_report_and_its_errors(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=6)
     tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
     out = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--out", str(out), "--top-losses", "0",
+    result = CliRunner().invoke(main, ["report", "--run", str(tmp_path / "run"), "--out", str(out), "--top-losses", "0",
                                        "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"report: {out} (accuracy ") and "0 mistake(s) shown" in result.output
     html = out.read_text()
     accuracy = tlkit.evaluate(run=tmp_path / "run").accuracy
     assert ("No mistakes" in html) == (accuracy == 1.0) and ("None shown" in html) == (accuracy < 1.0)
-    for args, message in ((["nowhere"], "run folder not found: nowhere"),
-                          ([str(tmp_path / "run"), "--data", "missing"], "dataset folder not found: missing")):
+    for args, message in ((["--run", "nowhere"], "run folder not found: nowhere"),
+                          (["--run", str(tmp_path / "run"), "--data", "missing"], "dataset folder not found: missing")):
         bad = CliRunner().invoke(main, ["report", *args, "--out", str(tmp_path / "bad.html")])
         assert bad.exit_code == 1 and message in bad.output and len(bad.output.strip().splitlines()) == 1
     assert not (tmp_path / "bad.html").exists()
-    missing = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "r.html")])
+    missing = CliRunner().invoke(main, ["report", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "r.html")])
     assert missing.exit_code == 1 and missing.output.strip() == f"Error: folder not found for {tmp_path}/no/r.html: " \
                                                                f"create {tmp_path}/no first"  # before evaluating

@@ -101,14 +101,14 @@ def test_bad_outputs_are_refused_before_anything_is_written(tmp_path, job, confi
     both = CliRunner().invoke(main, ["predict", str(data), "--run", str(run), "--out", str(tmp_path / "r.csv"),
                                      "--json"])
     assert both.exit_code == 2 and "give one of them" in both.output and not (tmp_path / "r.csv").exists()
-    # a results file of another run, with other classes, is not continued
+    # a results file of another run, with other classes, is not continued; the message names that run
     other = make_dataset(tmp_path / "o", ("blue", "red"), per_class=4)
     tlkit.train(other, config, run_dir=tmp_path / "other-run", verbose=0)
     for suffix in (".csv", ".jsonl"):
         out = tmp_path / f"mixed{suffix}"
         predict_to_file([other], out, tmp_path / "other-run")
         before = out.read_bytes()
-        with pytest.raises(tlkit.TlkitError, match="holds predictions of other classes"):
+        with pytest.raises(tlkit.TlkitError, match="holds predictions of run other-run@"):
             predict_to_file([data], out, run)
         assert out.read_bytes() == before
 
@@ -125,7 +125,7 @@ def test_probabilities_are_written_in_full_precision(tmp_path, job):
 def test_a_torn_header_is_rewritten(tmp_path, job):
     data, run = job
     out = tmp_path / "torn.csv"
-    out.write_text("path,lab")  # killed while writing the header
+    out.write_text("path,label,probability,probabil")  # killed while writing the header
     assert predict_to_file([data], out, run) == {"predicted": 18, "unreadable": 1, "already": 0}
     assert out.read_bytes().startswith(b"path,label,probability,") and len(_read(out)) == 19
 

@@ -11,6 +11,7 @@ Importing this module imports no ML framework; building the base does.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,19 @@ FEATURE_LAYER = "block5_pool"
 CAM_LAYER = "block5_conv3"
 #: ImageNet channel means, in BGR order, that caffe-mode preprocessing subtracts.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def _vgg16_arrays() -> tuple[tuple[int, ...], ...]:
+    shapes, channels = [], 3
+    for convs, width in ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)):  # per block: convolutions, channels
+        for _ in range(convs):
+            shapes += [(3, 3, channels, width), (width,)]
+            channels = width
+    return tuple(shapes)
+
+
+#: The shapes of the arrays a VGG16 notop weights file holds: each convolution's kernel and bias.
+VGG16_ARRAYS = _vgg16_arrays()
 
 
 def weights_identity(weights: str) -> str:
@@ -89,15 +103,43 @@ def build_base(weights: str, image_size: int, seed: int = 0):
     source = None if kind == "none" else "imagenet" if kind == "imagenet" else str(weights_path(weights))
     if source is None:
         keras.utils.set_random_seed(seed)
+    elif source != "imagenet":
+        check_weights_file(source)
     try:
-        return keras.applications.VGG16(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
+        with warnings.catch_warnings():  # a file that does not fit is said in one line below, not in warnings
+            warnings.simplefilter("ignore", UserWarning)
+            return keras.applications.VGG16(include_top=False, weights=source,
+                                            input_shape=(image_size, image_size, 3))
     except (ValueError, OSError) as exc:
-        raise TlkitError(f"cannot load VGG16 weights from {weights}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TlkitError(f"cannot load VGG16 weights from {weights}: {first}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
         if source != "imagenet":
             raise
         raise TlkitError(f"cannot download the VGG16 ImageNet weights ({exc}); offline, give --weights PATH "
                          "or set TLKIT_WEIGHTS to a VGG16 notop weights file") from None
+
+
+def check_weights_file(path: str) -> None:
+    """Refuse a weights file whose arrays are not VGG16's conv base's (another model's, say).
+
+    Raises:
+        TlkitError: In one line: which file, what was expected, what was found.
+    """
+    import h5py
+
+    found: list[tuple[int, ...]] = []
+    try:
+        with h5py.File(path, "r") as weights:
+            weights.visititems(lambda _, item: found.append(item.shape) if isinstance(item, h5py.Dataset) else None)
+    except OSError as exc:
+        raise TlkitError(f"cannot read VGG16 weights file {path}: it is not an HDF5 weights file ({exc})") from None
+    if sorted(found) != sorted(VGG16_ARRAYS):
+        shown = ", ".join("x".join(map(str, shape)) or "scalar" for shape in found[:4])
+        more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+        raise TlkitError(f"{path} does not hold VGG16 notop weights: expected {len(VGG16_ARRAYS)} arrays (13 "
+                         f"convolutions' kernels and biases, the first 3x3x3x64), found {len(found)} "
+                         f"({shown or 'none'}{more})")
 
 
 def set_trainable_from(base, first_layer: str | None) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.backbone import VGG16_LAYERS
-from tlkit.errors import TlkitError
+from tlkit.errors import OptionError, TlkitError
+from tlkit.limits import Bounds, check_memory, fallback_cache_dir, usable_home
 
 MODES = ("features", "frozen", "finetune")
 OPTIMIZERS = ("rmsprop", "adam", "sgd", "nadam")
@@ -57,6 +58,9 @@ DEFAULT_RUNS_DIR = "runs"
 WEIGHTS_ENV = "TLKIT_WEIGHTS"
 #: Environment variable that replaces the default feature-cache folder.
 CACHE_ENV = "TLKIT_CACHE"
+FRACTION = Bounds(0, 1, high_open=True, text="a fraction in [0, 1)")
+EPOCHS = Bounds(1, 100000)
+LEARNING_RATE = Bounds(0, 10, low_open=True)
 
 
 def default_weights() -> str:
@@ -65,47 +69,53 @@ def default_weights() -> str:
 
 
 def default_cache_dir() -> str:
-    """``$TLKIT_CACHE`` when set, else ``~/.cache/tlkit``."""
-    return os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "tlkit")
+    """``$TLKIT_CACHE`` when set, else ``~/.cache/tlkit``; without a usable ``HOME``, a folder under the
+    system's temporary folder (the CLI refuses that fallback, asking for ``--cache-dir`` or ``TLKIT_CACHE``)."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    home = usable_home()
+    return str(home / ".cache" / "tlkit") if home else fallback_cache_dir()
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
-           machine: bool = False, factory=None) -> Any:
-    """A config field with its help text, its allowed values (``choices``), and whether it describes
-    the ``machine`` rather than the run (such a setting may differ when a run is resumed)."""
-    metadata = {"help": help, "choices": choices, "machine": machine}
+           bounds: Bounds | None = None, machine: bool = False, factory=None) -> Any:
+    """A config field with its help text, its allowed values (``choices``, or numeric ``bounds``), and
+    whether it describes the ``machine`` rather than the run (such a setting may differ on resume)."""
+    metadata = {"help": help, "choices": choices, "bounds": bounds, "machine": machine}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
 class _Section:
-    """Checks every field that has ``choices`` on construction; sections add their own checks."""
+    """Checks every field that has ``choices`` or ``bounds`` on construction; sections add their own checks."""
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
-            choices = spec.metadata["choices"]
-            _check(choices is None or getattr(self, spec.name) in choices, spec.name, getattr(self, spec.name),
-                   f"one of {', '.join(choices or ())}")
+            choices, bounds, value = spec.metadata["choices"], spec.metadata["bounds"], getattr(self, spec.name)
+            _check(choices is None or value in choices, spec.name, value, f"one of {', '.join(choices or ())}")
+            if bounds is not None:
+                _check(not isinstance(value, bool) and isinstance(value, (int, float)) and bounds.holds(value),
+                       spec.name, value, bounds.describe(spec.type))
 
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
     """Which images a dataset gives, at what size, and how a plain folder is split."""
 
-    image_size: int = option(150, help="Side of the square images are resized to.")
-    val_split: float = option(0.2, help="Validation fraction per class, for a folder without its own split.")
-    test_split: float = option(0.0, help="Test fraction per class, for a folder without its own split.")
-    seed: int = option(1337, help="Seed of the split, shuffling, augmentation and initialisation.")
+    image_size: int = option(150, help="Side of the square images are resized to.", bounds=Bounds(
+        32, 1024, text="an integer >= 32 (VGG16's smallest input) and <= 1024"))
+    val_split: float = option(0.2, help="Validation fraction per class, for a folder without its own split.",
+                              bounds=FRACTION)
+    test_split: float = option(0.0, help="Test fraction per class, for a folder without its own split.",
+                               bounds=FRACTION)
+    seed: int = option(1337, help="Seed of the split, shuffling, augmentation and initialisation.",
+                       bounds=Bounds(0, 2**32, high_open=True, text="an integer in [0, 2**32)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.image_size >= 32, "image_size", self.image_size, "an integer >= 32 (VGG16's smallest input)")
-        _check(0.0 <= self.val_split < 1.0, "val_split", self.val_split, "a fraction in [0, 1)")
-        _check(0.0 <= self.test_split < 1.0, "test_split", self.test_split, "a fraction in [0, 1)")
         _check(self.val_split + self.test_split < 1.0, "val_split + test_split",
                self.val_split + self.test_split, "below 1 so that some images are left to train on")
-        _check(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
 
 
 @dataclass(frozen=True)
@@ -116,18 +126,16 @@ class AugmentConfig(_Section):
     to ``frozen`` and ``finetune`` training only; extracted features are computed from the plain images.
     """
 
-    rotation_range: float = option(40.0, help="Random rotation, degrees (+/-).")
-    width_shift_range: float = option(0.2, help="Random horizontal shift, fraction of the width (pixels if >= 1).")
-    height_shift_range: float = option(0.2, help="Random vertical shift, fraction of the height (pixels if >= 1).")
-    shear_range: float = option(0.2, help="Random shear angle, degrees (+/-).")
-    zoom_range: float = option(0.2, help="Random zoom in [1 - z, 1 + z], x and y independently.")
+    rotation_range: float = option(40.0, help="Random rotation, degrees (+/-).", bounds=Bounds(0, 180))
+    width_shift_range: float = option(0.2, help="Random horizontal shift, fraction of the width (pixels if >= 1).",
+                                      bounds=Bounds(0, 1024))
+    height_shift_range: float = option(0.2, help="Random vertical shift, fraction of the height (pixels if >= 1).",
+                                       bounds=Bounds(0, 1024))
+    shear_range: float = option(0.2, help="Random shear angle, degrees (+/-).", bounds=Bounds(0, 90, high_open=True))
+    zoom_range: float = option(0.2, help="Random zoom in [1 - z, 1 + z], x and y independently.",
+                               bounds=Bounds(0, 1, high_open=True))
     horizontal_flip: bool = option(True, help="Flip half of the images left-right.")
     fill_mode: str = option("nearest", help="How points outside the image are filled.", choices=FILL_MODES)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range"):
-            _check(getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -137,15 +145,16 @@ class ModelConfig(_Section):
     weights: str = option(help="VGG16 weights: imagenet, none, or a weights file (default from TLKIT_WEIGHTS "
                                "when set).", factory=default_weights)
     pooling: str = option("avg", help="Feature map to vector: global average or flatten.", choices=POOLINGS)
-    head_units: int = option(256, help="Width of the dense hidden layer.")
-    dropout: float = option(0.5, help="Dropout rate before the output layer.")
+    head_units: int = option(256, help="Width of the dense hidden layer.", bounds=Bounds(1, 65536))
+    dropout: float = option(0.5, help="Dropout rate before the output layer.",
+                            bounds=Bounds(0, 1, high_open=True, text="a rate in [0, 1)"))
     unfreeze_from: str = option("block5_conv1", help="First VGG16 layer that finetune trains (it and all above).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
-        _check(self.head_units >= 1, "head_units", self.head_units, "an integer >= 1")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
+        if self.weights.lower() not in ("imagenet", "none"):  # a file: recorded resolved, wherever it is run from
+            object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
         _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
                f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 
@@ -156,25 +165,18 @@ class FitConfig(_Section):
 
     mode: str = option("features", choices=MODES, help="features: head on cached features; frozen: end to end, "
                                                        "base frozen; finetune: then unfreeze.")
-    epochs: int = option(30, help="Most epochs of the main phase.")
-    warmup_epochs: int = option(10, help="Most epochs of finetune's head warm-up.")
+    epochs: int = option(30, help="Most epochs of the main phase.", bounds=EPOCHS)
+    warmup_epochs: int = option(10, help="Most epochs of finetune's head warm-up.", bounds=EPOCHS)
     warmup_mode: str = option("features", help="How finetune warms up its head.", choices=WARMUP_MODES)
-    batch_size: int = option(32, help="Images per step.")
+    batch_size: int = option(32, help="Images per step.", bounds=Bounds(1, 65536))
     optimizer: str = option("rmsprop", help="Optimizer (sgd uses momentum 0.9).", choices=OPTIMIZERS)
-    learning_rate: float = option(HEAD_LEARNING_RATE, help="Learning rate of the head.")
-    finetune_learning_rate: float = option(FINETUNE_LEARNING_RATE, help="Learning rate once the base is unfrozen.")
-    patience: int = option(5, help="Epochs without a better val_loss before stopping; 0: never stop early.")
+    learning_rate: float = option(HEAD_LEARNING_RATE, help="Learning rate of the head.", bounds=LEARNING_RATE)
+    finetune_learning_rate: float = option(FINETUNE_LEARNING_RATE, help="Learning rate once the base is unfrozen.",
+                                           bounds=LEARNING_RATE)
+    patience: int = option(5, help="Epochs without a better val_loss before stopping; 0: never stop early.",
+                           bounds=Bounds(0, 100000))
     class_weight: str = option("none", choices=CLASS_WEIGHTS, help="auto: weigh each class inversely to its "
                                                                    "number of training images (imbalanced data).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.warmup_epochs >= 1, "warmup_epochs", self.warmup_epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
-        _check(self.finetune_learning_rate > 0, "finetune_learning_rate", self.finetune_learning_rate, "a number > 0")
-        _check(self.patience >= 0, "patience", self.patience, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -188,13 +190,15 @@ class RuntimeConfig(_Section):
     distribute: str = option("auto", choices=DISTRIBUTE, machine=True,
                              help="Devices: auto (every accelerator when there are several), none (one), mirrored "
                                   "(every device here), multiworker (one process per machine, JAX; see README).")
-    workers: int = option(help="Threads decoding images.", machine=True, factory=lambda: min(8, os.cpu_count() or 1))
+    workers: int = option(help="Threads decoding images.", machine=True, bounds=Bounds(1, 1024),
+                          factory=lambda: min(8, os.cpu_count() or 1))
     cache_dir: str = option(help="Folder of the feature cache (or set TLKIT_CACHE).", machine=True,
                             factory=default_cache_dir)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.workers >= 1, "workers", self.workers, "an integer >= 1")
+        if not self.cache_dir.strip():
+            raise OptionError("invalid cache_dir: ''; expected a folder path (or set TLKIT_CACHE)")
 
 
 SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "fit": FitConfig,
@@ -222,6 +226,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        check_memory(self.data.image_size, self.fit.batch_size, self.model.head_units, self.model.pooling)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The configuration as plain JSON-ready sections."""
@@ -299,10 +306,14 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise TlkitError(f"config file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows Notepad) is not content
         raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TlkitError(f"cannot parse config file {path}: {exc}") from None
+    except RecursionError:
+        raise TlkitError(f"cannot parse config file {path}: it is nested too deeply to be a config") from None
+    except OSError as exc:
+        raise TlkitError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise TlkitError(f"config file {path} must hold sections {'/'.join(SECTIONS)}")
     return config_from_dict(raw)

@@ -35,8 +35,9 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.io import atomic_folder, atomic_write, digest, require_parent, write_json
+from tlkit.io import atomic_folder, atomic_write, digest, write_json
 from tlkit.model import both_classes
+from tlkit.outputs import check_output, json_text
 from tlkit.runs import MODEL_FILE, RUN_CHECKSUM, Run, resolve_run
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -82,6 +83,25 @@ def sidecar_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def check_export_path(fmt: str, out: str | Path) -> Path:
+    """``out``, once it is known to be a path ``fmt`` can be exported to: the format's suffix, nothing there yet
+    (nor at the sidecar), a writable folder (checked before any work).
+
+    Raises:
+        TlkitError: Saying what is wrong with ``out``.
+    """
+    _check_format(fmt)
+    out = Path(out)
+    suffix = SUFFIXES.get(fmt)
+    if suffix is not None and out.suffix != suffix:
+        raise TlkitError(f"a {fmt} export is a {suffix} file; give --out a name ending in {suffix}, not {out.name}")
+    for path in (out, *([sidecar_path(out)] if suffix else [])):
+        check_output(path, folder=fmt == "savedmodel" and path == out)  # a link or a device: said as such
+        if path.exists() or path.is_symlink():
+            raise TlkitError(f"{path} already exists; remove it or choose another --out (exports never overwrite)")
+    return out
+
+
 def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
     """Export a run's classifier to ``out`` as ``fmt``: ``savedmodel``, ``tflite`` or ``onnx`` (see the module).
 
@@ -96,17 +116,10 @@ def export(run: Run | str | Path | None, fmt: str, out: str | Path) -> Path:
 
     Raises:
         TlkitError: On an unknown format, a backend or package it cannot be exported with, a bad ``out``
-            (existing, wrong suffix, missing parent folder) or a bad run.
+            (existing, wrong suffix, missing or read-only parent folder), a bad run, or a full disk
+            (:class:`~tlkit.outputs.DiskError`: nothing is left behind).
     """
-    _check_format(fmt)
-    out = Path(out)
-    suffix = SUFFIXES.get(fmt)
-    if suffix is not None and out.suffix != suffix:
-        raise TlkitError(f"a {fmt} export is a {suffix} file; give --out a name ending in {suffix}, not {out.name}")
-    for path in (out, *([sidecar_path(out)] if suffix else [])):
-        if path.exists() or path.is_symlink():
-            raise TlkitError(f"{path} already exists; remove it or choose another --out (exports never overwrite)")
-    require_parent(out)
+    out = check_export_path(fmt, out)
     check_exportable(fmt)
     run = resolve_run(run)
     model = probability_model(run)
@@ -220,8 +233,7 @@ def _write_savedmodel(model: keras.Model, contract: dict, folder: Path) -> None:
     archive.add_endpoint("class_names", class_names)
     archive.write_out(str(folder), verbose=False)
     (folder / SAVEDMODEL_CONTRACT).parent.mkdir(exist_ok=True)
-    (folder / SAVEDMODEL_CONTRACT).write_text(json.dumps(contract, indent=2, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+    (folder / SAVEDMODEL_CONTRACT).write_text(json_text(contract, SAVEDMODEL_CONTRACT), encoding="utf-8")
 
 
 def _write_tflite(model: keras.Model, contract: dict, path: Path) -> None:
@@ -234,7 +246,7 @@ def _write_tflite(model: keras.Model, contract: dict, path: Path) -> None:
                  target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
     flat = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
     entry = schema.BufferT()
-    entry.data = np.frombuffer(json.dumps(contract, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+    entry.data = np.frombuffer(json.dumps(contract, ensure_ascii=False, allow_nan=False).encode("utf-8"), dtype=np.uint8)
     flat.buffers.append(entry)
     metadata = schema.MetadataT()
     metadata.name, metadata.buffer = CONTRACT_NAME, len(flat.buffers) - 1
@@ -270,6 +282,6 @@ def _write_onnx(model: keras.Model, contract: dict, path: Path) -> None:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     metadata = {"class_names": json.dumps(contract["class_names"], ensure_ascii=False),
                 "image_size": str(size), "tlkit_version": __version__,
-                CONTRACT_NAME: json.dumps(contract, ensure_ascii=False)}
+                CONTRACT_NAME: json.dumps(contract, ensure_ascii=False, allow_nan=False)}
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, path)

@@ -30,6 +30,7 @@ from tlkit.data.image_cache import IMAGES_FILE, load_split
 from tlkit.data.scan import DatasetIndex, scan
 from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
                       write_json)
+from tlkit.locks import building_cache
 from tlkit.model import build_feature_extractor, precision_policy, predict_rows
 
 log = logging.getLogger("tlkit")
@@ -112,11 +113,15 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     wanted = manifest(index, config)
     folder = cache_folder(config.runtime.cache_dir, "features", wanted)
     reused = is_built(folder)
+    if not reused:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with building_cache(folder):
+            reused = is_built(folder)  # built meanwhile by the process waited for
+            if not reused:
+                log.info("extracting features of %d images into %s", len(wanted["files"]), folder)
+                _compute(index, config, wanted, folder, verbose, devices)
     if reused:
         log.info("feature cache up to date, reusing %s", folder)
-    else:
-        log.info("extracting features of %d images into %s", len(wanted["files"]), folder)
-        _compute(index, config, wanted, folder, verbose, devices)
     undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
     return FeatureSet(index, folder, reused, {**index.skipped, **undecodable})
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from tlkit.errors import TlkitError
+from tlkit.outputs import DiskError, disk_error_number, disk_errors, json_text, refuse_to_replace
+from tlkit.outputs import require_parent  # noqa: F401 (tlkit.inference.prediction_file imports it from here)
 
 log = logging.getLogger("tlkit")
 
@@ -43,20 +45,26 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(temporary_path)``, flush it to disk, then rename it onto ``path``: whole or not at all."""
+    """Call ``write(temporary_path)``, flush it to disk, then rename it onto ``path``: whole or not at all.
+
+    A ``path`` that is not a regular file is refused; a full disk is a one-line error (:mod:`tlkit.outputs`).
+    """
     path = Path(path)
+    refuse_to_replace(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    temporary = None
     try:
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        readable_by_all(Path(temporary))
-        os.replace(temporary, path)
-        fsync(path.parent)  # the rename itself survives a power cut
+        with disk_errors(path):
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+            os.close(handle)
+            write(temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+            readable_by_all(Path(temporary))
+            os.replace(temporary, path)
+            fsync(path.parent)  # the rename itself survives a power cut
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
 
 
@@ -75,8 +83,8 @@ def fsync(path: Path) -> None:
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically."""
-    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    """Write ``value`` as indented JSON, atomically (never NaN or an infinity: :func:`~tlkit.outputs.json_text`)."""
+    text = json_text(value, path)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
@@ -140,18 +148,6 @@ def damage(folder: Path) -> str | None:
     return None
 
 
-def require_parent(path: str | Path) -> Path:
-    """``path``, once its folder is known to exist (checked before any work, so a typo fails at once).
-
-    Raises:
-        TlkitError: If the folder that would hold ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise TlkitError(f"folder not found for {path}: create {path.parent} first")
-    return path
-
-
 @contextmanager
 def atomic_folder(folder: Path, checksums: str | None = None,
                   keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
@@ -164,7 +160,9 @@ def atomic_folder(folder: Path, checksums: str | None = None,
         keep_existing: When ``folder`` appeared meanwhile: called with it; ``True`` keeps it (and drops
             ours), ``False`` replaces it. Without it, the rename's error is raised.
     """
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
+    refuse_to_replace(folder, folder=True)
+    with disk_errors(folder):
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
     try:
         yield staging
         if checksums is not None:
@@ -183,8 +181,22 @@ def atomic_folder(folder: Path, checksums: str | None = None,
             remove_folder(folder)
             os.rename(staging, folder)
         fsync(folder.parent)
+    except Exception as exc:
+        number = exc.number if isinstance(exc, DiskError) else disk_error_number(exc)
+        if number is None:
+            raise
+        raise DiskError(number, _final_name(exc, staging, folder)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _final_name(exc: Exception, staging: Path, folder: Path) -> Path:
+    """The file an error met in ``staging`` was about, under the name it would have had in ``folder``."""
+    written = exc.path if isinstance(exc, DiskError) else getattr(exc, "filename", None)
+    try:
+        return folder / Path(written).relative_to(staging)
+    except (TypeError, ValueError):  # no file named, or one outside the staging folder
+        return folder
 
 #: The file a finished cache folder always holds (its manifest).
 MANIFEST = "manifest.json"
@@ -307,9 +319,10 @@ class RowFile:
         """Write ``rows`` at row ``start`` onwards (all of them: a short write is continued)."""
         data = memoryview(np.ascontiguousarray(rows, self.dtype).tobytes())
         position = self.offset + start * self.row_bytes
-        while data:
-            written = os.pwrite(self.handle.fileno(), data, position)
-            data, position = data[written:], position + written
+        with disk_errors(self.path):  # inside a cache being built: named by atomic_folder
+            while data:
+                written = os.pwrite(self.handle.fileno(), data, position)
+                data, position = data[written:], position + written
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop`` (exclusive), as a new array.
@@ -326,7 +339,8 @@ class RowFile:
     def close(self) -> None:
         """Close the file; a written file is flushed to disk first."""
         if self.handle.mode != "rb":
-            os.fsync(self.handle.fileno())
+            with disk_errors(self.path):
+                os.fsync(self.handle.fileno())
         self.handle.close()
 
     def __enter__(self) -> RowFile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shlex
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -22,9 +23,10 @@ from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data.decode import decode_image, read_rgb
 from tlkit.inference.evaluate import Evaluation, evaluate
 from tlkit.inference.explain import Explanation, explain_images
-from tlkit.io import atomic_write, read_json, require_parent
-from tlkit.plots import confusion_png
-from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run, resolve_run
+from tlkit.io import atomic_write, read_json
+from tlkit.outputs import check_output
+from tlkit.plots import LABELLED_CLASSES, confusion_png, top_confusions
+from tlkit.runs import CONFIG_FILE, CURVES_FILE, Run, best_epoch_of, resolve_run
 
 #: Longest side of a picture in the mistakes gallery, in pixels.
 GALLERY_SIDE = 240
@@ -71,7 +73,7 @@ def write_report(out: str | Path, run: Run | str | Path | None = None, data: str
     Raises:
         TlkitError: As :func:`tlkit.evaluate`.
     """
-    out = require_parent(out)
+    out = check_output(out)  # before the work
     run = resolve_run(run)
     evaluation = evaluate(data, run, split, batch_size=batch_size, verbose=verbose, mistakes=mistakes, tta=tta)
     explanations = _explain_mistakes(run, evaluation.top_losses)
@@ -107,7 +109,7 @@ def render(run: Run, evaluation: Evaluation, explanations: list[Explanation]) ->
             "confusion matrix, counts and row-normalised", "plot")),
         _section("Most confident mistakes", _gallery(evaluation.top_losses, explanations, evaluation.accuracy)),
         _section("Skipped files", _skipped(run.metrics.get("skipped", {}), evaluation.skipped)),
-        _section("Configuration", _config_table(run)),
+        _section("Configuration", _config_table(run, provenance)),
     ]
     title = f"tlkit report: {run.path.name}"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
@@ -128,7 +130,7 @@ def _image(data: bytes, kind: str, alt: str, css: str = "") -> str:
 
 def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
     metrics = run.metrics
-    epochs = metrics["epochs_run"]
+    epochs, best = metrics["epochs_run"], best_epoch_of(metrics)
     views = f" over {evaluation.tta} test-time views" if evaluation.tta > 1 else ""
     subtitle = (f"{escape(run.config.fit.mode)} run on <code>{escape(run.data_dir)}</code>, created "
                 f"{escape(provenance['created'])} on the {escape(provenance['backend'])} backend; "
@@ -136,7 +138,8 @@ def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
     cards = [(f"{evaluation.accuracy:.4f}", "accuracy"), (f"{evaluation.loss:.4f}", "loss"),
              (f"{evaluation.macro_avg['f1']:.4f}", "macro F1"), (str(evaluation.count), "images evaluated"),
              (" + ".join(map(str, epochs)), "epochs run (per phase)"),
-             (str(sum(epochs[:-1]) + metrics["best_epoch"]), f"best epoch (in {escape(metrics['best_phase'])})")]
+             (f"phase {best['best_phase_number']} epoch {best['best_phase_epoch']}",
+              f"best epoch ({best['best_epoch']} overall, in {escape(best['best_phase'])})")]
     body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
                    for value, label in cards)
     return f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>'
@@ -156,6 +159,8 @@ def _metrics_table(evaluation: Evaluation) -> str:
 
 def _confusion_table(evaluation: Evaluation) -> str:
     names = evaluation.class_names
+    if len(names) > LABELLED_CLASSES:  # a table of every cell would grow with the square of the classes
+        return _top_confusions(evaluation)
     head = "".join(f"<th>{escape(name)}</th>" for name in names)
     body = ""
     for name, counts, shares in zip(names, evaluation.confusion_matrix, evaluation.confusion_matrix_normalized):
@@ -163,6 +168,18 @@ def _confusion_table(evaluation: Evaluation) -> str:
         body += f"<tr><th>{escape(name)}</th>{cells}</tr>"
     return (f'<table id="confusion"><thead><tr><th>true \\ predicted</th>{head}</tr></thead><tbody>{body}</tbody>'
             "</table>\n<p>Counts, with the share of the true class's images in brackets.</p>")
+
+
+def _top_confusions(evaluation: Evaluation) -> str:
+    found = top_confusions(evaluation.confusion_matrix, evaluation.class_names)
+    if not found:
+        return '<p class="none">No confusions: every image was classified correctly.</p>'
+    body = "".join(f"<tr><td>{escape(true)}</td><td>{escape(predicted)}</td><td>{images}</td><td>{share:.2f}</td></tr>"
+                   for true, predicted, images, share in found)
+    return ('<table id="top-confusions"><thead><tr><th>true</th><th>taken for</th><th>images</th>'
+            f'<th>share of the true class</th></tr></thead><tbody>{body}</tbody></table>\n'
+            f"<p>The {len(found)} most frequent confusions among {len(evaluation.class_names)} classes; the whole "
+            "matrix: <code>tlkit evaluate --json</code>.</p>")
 
 
 def _gallery(mistakes: list[dict], explanations: list[Explanation], accuracy: float) -> str:
@@ -204,9 +221,15 @@ def _skipped(training: dict[str, str], evaluation: list[str]) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
-def _config_table(run: Run) -> str:
+def _config_table(run: Run, provenance: dict) -> str:
     body = "".join(f"<tr><td>{escape(section)}</td><td>{escape(name)}</td><td><code>{escape(str(value))}</code></td></tr>"
                    for section, values in run.config.to_dict().items() for name, value in values.items())
     return (f'<table id="config"><thead><tr><th>section</th><th>option</th><th>value</th></tr></thead>'
-            f"<tbody>{body}</tbody></table>\n<p>Rerun with <code>tlkit train DATA --config "
-            f"{escape(str(run.path / CONFIG_FILE))}</code>.</p>")
+            f"<tbody>{body}</tbody></table>\n<p>Rerun with <code>{escape(rerun_command(run, provenance))}</code>.</p>")
+
+
+def rerun_command(run: Run, provenance: dict) -> str:
+    """The ``tlkit train`` command that trains this run again: its config, and the run it started from."""
+    start = provenance.get("from_run")
+    command = f"tlkit train DATA --config {shlex.quote(str(run.path / CONFIG_FILE))}"
+    return command + (f" --from {shlex.quote(start)}" if start else "")

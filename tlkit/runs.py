@@ -27,7 +27,7 @@ from typing import Any
 from tlkit import __version__
 from tlkit.config import DEFAULT_RUNS_DIR, Config, config_from_dict
 from tlkit.errors import TlkitError
-from tlkit.io import atomic_write, damage, read_json, write_checksums, write_json
+from tlkit.io import CHECKSUMS, atomic_write, damage, read_json, write_checksums, write_json
 
 log = logging.getLogger("tlkit")
 
@@ -74,6 +74,27 @@ class Run:
     def image_size(self) -> int:
         """Side of the square images the model takes."""
         return self.config.data.image_size
+
+    @property
+    def identity(self) -> str:
+        """Which run this is, recorded with its predictions: see :func:`run_identity`."""
+        return run_identity(self.path)
+
+
+def run_identity(path: str | Path) -> str:
+    """``<folder name>@<first 12 hex digits of the model's SHA-256>`` (from ``checksums.json``): two trainings
+    differ even with the same classes and folder name; a copy of the run under the same name keeps it.
+
+    Raises:
+        TlkitError: If ``checksums.json`` is missing or lists no model.
+    """
+    path = Path(path)
+    record = read_json(path / CHECKSUMS)
+    try:
+        model_digest = record["files"][MODEL_FILE][1]
+    except (KeyError, IndexError, TypeError):
+        raise TlkitError(f"damaged {path / CHECKSUMS}: it lists no {MODEL_FILE}") from None
+    return f"{path.resolve().name}@{model_digest[:12]}"
 
 
 def new_run_dir(run_dir: str | Path | None, mode: str) -> Path:
@@ -123,15 +144,43 @@ def latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR, interrupted: bool = Fals
     Raises:
         TlkitError: If there is none.
     """
-    marker = f"{CHECKPOINT_DIR}/{STATE_FILE}" if interrupted else MODEL_FILE
-    found = [path for path in Path(runs_dir).glob(f"*/{marker}") if not interrupted
-             or not (path.parent.parent / MODEL_FILE).exists()] if Path(runs_dir).is_dir() else []
-    if not found:
-        if interrupted:
+    if interrupted:
+        found = interrupted_runs(runs_dir)
+        if not found:
             raise TlkitError(f"no interrupted run under {runs_dir}/ to resume; give --run-dir")
+        return found[0]
+    models = list(Path(runs_dir).glob(f"*/{MODEL_FILE}")) if Path(runs_dir).is_dir() else []
+    if not models:
         raise TlkitError(f"no runs found under {runs_dir}/; train one first or give --run")
-    newest = max(found, key=lambda path: path.stat().st_mtime_ns)
-    return newest.parent.parent if interrupted else newest.parent
+    return max(models, key=lambda path: path.stat().st_mtime_ns).parent
+
+
+def interrupted_runs(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[Path]:
+    """The unfinished runs under ``runs_dir`` (a checkpoint, no model), the one checkpointed last first."""
+    states = [path for path in Path(runs_dir).glob(f"*/{CHECKPOINT_DIR}/{STATE_FILE}")
+              if not (path.parent.parent / MODEL_FILE).exists()] if Path(runs_dir).is_dir() else []
+    return [path.parent.parent for path in sorted(states, key=lambda path: path.stat().st_mtime_ns, reverse=True)]
+
+
+def best_epoch(phases: list[dict]) -> dict:
+    """Where the lowest validation loss of the last phase is (the weights early stopping keeps), numbered
+    as everywhere in tlkit: ``best_phase`` (its name), ``best_phase_number`` and ``best_phase_epoch`` (from 1),
+    and ``best_epoch``, the same epoch counted over every phase (from 1)."""
+    last = phases[-1]["history"]["val_loss"]
+    within = last.index(min(last)) + 1
+    before = sum(len(phase["history"]["val_loss"]) for phase in phases[:-1])
+    return {"best_phase": phases[-1]["name"], "best_phase_number": len(phases), "best_phase_epoch": within,
+            "best_epoch": before + within}
+
+
+def best_epoch_of(metrics: dict) -> dict:
+    """:func:`best_epoch`'s numbers from a run's ``metrics.json``, of this format or an older one (where
+    ``best_epoch`` counted within the last phase)."""
+    if "best_phase_epoch" in metrics:
+        return {key: metrics[key] for key in ("best_phase", "best_phase_number", "best_phase_epoch", "best_epoch")}
+    epochs = metrics["epochs_run"]
+    return {"best_phase": metrics["best_phase"], "best_phase_number": len(epochs),
+            "best_phase_epoch": metrics["best_epoch"], "best_epoch": sum(epochs[:-1]) + metrics["best_epoch"]}
 
 
 def checked_run(path: str | Path) -> tuple[Path, dict]:
@@ -180,7 +229,7 @@ def load_run(path: str | Path) -> Run:
     import tlkit.model  # noqa: F401  registers VGGPreprocess for deserialisation
 
     path, record = checked_run(path)
-    class_names = tuple(read_json(path / CLASSES_FILE))
+    class_names = _class_names(path, record)
     try:
         model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
@@ -188,8 +237,28 @@ def load_run(path: str | Path) -> Run:
             raise TlkitError(f"refused to load {path / MODEL_FILE}: it carries Python code (such as a Lambda "
                              "layer), which tlkit never runs; tlkit did not write this model") from None
         raise TlkitError(f"cannot load {path / MODEL_FILE}: {exc}") from None
+    outputs = model.output_shape[-1]
+    if max(outputs, 2) != len(class_names):  # a sigmoid unit tells 2 classes apart
+        raise TlkitError(f"run {path} is inconsistent: {CLASSES_FILE} names {len(class_names)} classes, but its model "
+                         f"tells {max(outputs, 2)} apart; it is not loaded: retrain it or restore the folder from a copy")
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
     return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"])
+
+
+def _class_names(path: Path, record: dict) -> tuple[str, ...]:
+    """The class names of a run: its ``classes.json``, checked against its config's record of them.
+
+    Raises:
+        TlkitError: If they are not a list of distinct names, or differ from the record.
+    """
+    names = read_json(path / CLASSES_FILE)
+    recorded = record["provenance"].get("class_names", names)
+    if (not isinstance(names, list) or not all(isinstance(name, str) for name in names)
+            or len(set(names)) != len(names) or names != recorded):
+        raise TlkitError(f"run {path} is inconsistent: its {CLASSES_FILE} does not list the classes its "
+                         f"{CONFIG_FILE} records ({len(recorded)}); it is not loaded: retrain it or restore the "
+                         "folder from a copy")
+    return tuple(names)
 
 
 def resolve_run(run: Run | str | Path | None) -> Run:

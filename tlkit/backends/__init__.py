@@ -30,7 +30,23 @@ def load_quietly() -> None:
     that TensorFlow writes to the terminal, unless the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves.
 
     What the start-up wrote is dropped; if it fails, it is written out before the error is raised.
+
+    Raises:
+        TlkitError: If ``KERAS_BACKEND`` names a backend that is not installed.
     """
+    try:
+        _load_keras_quietly()
+    except ModuleNotFoundError as exc:
+        chosen = os.environ.get("KERAS_BACKEND", "")
+        if not chosen or (exc.name or "").split(".")[0] != chosen:
+            raise
+        from tlkit.errors import TlkitError
+
+        raise TlkitError(f"KERAS_BACKEND={chosen} but {chosen} is not installed: pip install {chosen}, "
+                         "or unset KERAS_BACKEND") from None
+
+
+def _load_keras_quietly() -> None:
     import tlkit
 
     if "keras" in sys.modules or tlkit.TF_LOG_CHOSEN:

@@ -12,19 +12,22 @@ import json
 import click
 
 from tlkit import config as cfg
-from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, config_options, given_options,
-                               quiet_option, run_option, start, tta_option)
+from tlkit.cli.checks import early_checks, legacy_run_argument
+from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, config_options, debug_option,
+                               given_options, quiet_option, run_option, start, tta_option)
 
 EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision", "distribute")
 
 
 @click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tlkit")
+@debug_option
 def main() -> None:
     """Transfer-learning image classifiers on a pretrained VGG16, from a folder of images per class."""
 
 
 @main.command()
+@early_checks(data="data", config=True)
 @click.argument("data", type=click.Path())
 @config_options(EXTRACT_OPTIONS)
 @config_file_option
@@ -40,6 +43,7 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
 
 
 @main.command()
+@early_checks(from_run="source_run", data="data", config=True)
 @click.argument("data", type=click.Path())
 @config_options()
 @config_file_option
@@ -48,17 +52,24 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --run-dir (default: the latest under runs/) after its last "
                    "finished epoch; with nothing to resume there, start it.")
+@click.option("--new", "fresh", is_flag=True,
+              help="Start a new run even if runs/ holds an interrupted run of the same data and settings (which "
+                   "the same command otherwise continues).")
 @quiet_option
 def train(data: str, config_file: str | None, run_dir: str | None, from_run: str | None, resume: bool,
-          quiet: bool, **options) -> None:
-    """Train a classifier on DATA and save the run (every epoch is checkpointed: see --resume)."""
+          quiet: bool, *, fresh: bool, **options) -> None:
+    """Train a classifier on DATA and save the run (every epoch is checkpointed: rerun the same command, or see
+    --resume)."""
+    if resume and fresh:
+        raise click.UsageError("--resume continues a run, --new starts one: give one of them")
     start(quiet)
     from tlkit.training.pipeline import train as train_model
 
     # resuming without a config file: the run's own settings, the flags given now over them (they must agree)
     config = cfg.load_config(config_file) if config_file else None if resume else cfg.Config()
-    result = train_model(data, config, run_dir=run_dir, from_run=from_run, verbose=0 if quiet else 1, resume=resume,
-                         changes=given_options(options))
+    # neither flag: an interrupted run under runs/ of the same data and settings is continued
+    result = train_model(data, config, run_dir=run_dir, from_run=from_run, verbose=0 if quiet else 1,
+                         resume=True if resume else False if fresh else None, changes=given_options(options))
     metrics = result.metrics
     click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
     click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
@@ -67,6 +78,7 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 
 
 @main.command()
+@early_checks(run_dir="run", paths="inputs")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @run_option
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
@@ -77,17 +89,28 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Write every prediction (all class probabilities) to this .csv or .jsonl file as it comes, "
                    "instead of printing; rerun the same command to finish an interrupted one.")
+@click.option("--overwrite", is_flag=True,
+              help="With --out: start the file afresh when it holds predictions (of another run, say) instead of "
+                   "continuing it; a file that is not tlkit results is never overwritten.")
 @quiet_option
 def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int, tta: int,
-            out: str | None, quiet: bool) -> None:
+            out: str | None, overwrite: bool, quiet: bool) -> None:
     """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
+    import sys
+
+    from tlkit.errors import TlkitError
+
+    if out is None and sys.stdout is None:  # started with stdout closed (`>&-`): every line would be lost
+        raise TlkitError("standard output is closed, so predictions cannot be printed; open it, or give --out FILE")
+    if overwrite and out is None:
+        raise click.UsageError("--overwrite applies to the file of --out; give --out FILE")
     start(quiet)
     if out is not None:
         if as_json:
             raise click.UsageError("--json prints predictions, --out writes them to a file: give one of them")
         from tlkit.inference.prediction_file import predict_to_file
 
-        counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet)
+        counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet, overwrite=overwrite)
         click.echo(f"{out}: {counts['predicted']} image(s) predicted, {counts['unreadable']} unreadable, "
                    f"{counts['already']} already there")
         return
@@ -98,7 +121,8 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
     first = True
     for prediction in predictions:  # printed as they come: an interrupted run keeps what it printed
         if as_json:
-            click.echo(("[\n" if first else ",\n") + json.dumps(prediction.to_dict(), ensure_ascii=False), nl=False)
+            text = json.dumps(prediction.to_dict(), ensure_ascii=False, allow_nan=False)  # NaN is not JSON
+            click.echo(("[\n" if first else ",\n") + text, nl=False)
         else:
             ranked = ", ".join(f"{label} {p:.4f}" for label, p in prediction.top_k)
             click.echo(f"{prediction.path}: {ranked}")
@@ -108,6 +132,7 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
 
 
 @main.command()
+@early_checks(run_dir="run", data="data")
 @click.argument("data", required=False, type=click.Path())
 @run_option
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
@@ -123,6 +148,10 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
              confusion_png: str | None, tta: int, quiet: bool) -> None:
     """Score a run on labelled images in DATA (default: the run's own data)."""
     start(quiet)
+    if confusion_png:
+        from tlkit.outputs import check_output
+
+        check_output(confusion_png)  # before the work
     from tlkit.inference.evaluate import evaluate as evaluate_run
 
     report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
@@ -130,8 +159,11 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
         from tlkit.plots import plot_confusion
 
         plot_confusion(report.confusion_matrix, report.class_names, confusion_png)
+        click.echo(f"confusion matrix: {confusion_png}", err=as_json)  # stdout holds only the JSON
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        from tlkit.outputs import json_text
+
+        click.echo(json_text(report.to_dict(), "the evaluation"), nl=False)  # never NaN: not JSON
         return
     views = f", {report.tta} views each" if report.tta > 1 else ""
     click.echo(f"{report.data} [{report.split}]: {report.count} images{views}")
@@ -143,9 +175,16 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
     for name, row in rows:
         click.echo(f"{name:<{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
                    f"{row['support']:8d}")
-    click.echo("confusion matrix (rows: true, columns: predicted):")
-    for name, counts in zip(report.class_names, report.confusion_matrix):
-        click.echo(f"{name:<{width}}  " + " ".join(f"{n:6d}" for n in counts))
+    from tlkit.plots import LABELLED_CLASSES, top_confusions
+
+    if len(report.class_names) <= LABELLED_CLASSES:
+        click.echo("confusion matrix (rows: true, columns: predicted):")
+        for name, counts in zip(report.class_names, report.confusion_matrix):
+            click.echo(f"{name:<{width}}  " + " ".join(f"{n:6d}" for n in counts))
+    else:  # a line of a number per class for every class would grow with the square of the classes
+        click.echo(f"most frequent confusions (the whole matrix of {len(report.class_names)} classes: --json):")
+        for true, predicted, images, share in top_confusions(report.confusion_matrix, report.class_names):
+            click.echo(f"  {true} taken for {predicted}: {images} image(s), {share:.1%} of {true}")
     if report.top_losses:
         click.echo("most confident mistakes:")
     for mistake in report.top_losses:
@@ -154,6 +193,7 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
 
 
 @main.command()
+@early_checks(data="data", config=True)
 @click.argument("data", type=click.Path())
 @click.option("--folds", type=click.IntRange(min=2), default=cfg.CV_FOLDS, show_default=True,
               help="K: the train and validation images, pooled, are dealt into K stratified folds, each held out once.")
@@ -190,12 +230,17 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
 
 
 @main.command()
-@click.argument("run_dir", required=False, type=click.Path())
+@early_checks(run_dir="run")
+@legacy_run_argument
+@run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
 @click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=cfg.CURVE_SMOOTHING,
               show_default=True, help="Factor of the exponential moving average drawn over the raw values.")
 def curves(run_dir: str | None, out: str, smoothing: float) -> None:
     """Draw a run's learning curves (default: the latest run under runs/), smoothed as you choose."""
+    from tlkit.outputs import check_output
+
+    check_output(out)  # before the work
     from tlkit.plots import plot_curves
     from tlkit.runs import read_history
 
@@ -204,6 +249,7 @@ def curves(run_dir: str | None, out: str, smoothing: float) -> None:
 
 
 @main.command()
+@early_checks(run_dir="run", image="image")
 @click.argument("image", type=click.Path())
 @run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write: the heatmap over the image.")
@@ -214,10 +260,11 @@ def curves(run_dir: str | None, out: str, smoothing: float) -> None:
 def explain(image: str, run_dir: str | None, out: str, class_name: str | None, opacity: float, quiet: bool) -> None:
     """Grad-CAM: draw where in IMAGE the run's classifier sees the evidence for a class."""
     start(quiet)
-    from tlkit.inference.explain import explain as explain_image, write_overlay
-    from tlkit.io import require_parent
+    from tlkit.outputs import check_output
 
-    require_parent(out)  # before the work
+    check_output(out)  # before the work
+    from tlkit.inference.explain import explain as explain_image, write_overlay
+
     explanation = explain_image(image, run_dir, class_name)
     write_overlay(explanation, out, opacity)
     click.echo(f"{out}: evidence for {explanation.class_name} (probability {explanation.probability:.4f}; "
@@ -225,7 +272,9 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
 
 
 @main.command()
-@click.argument("run_dir", required=False, type=click.Path())
+@early_checks(run_dir="run", data="data")
+@legacy_run_argument
+@run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 @click.option("--data", type=click.Path(), help="Labelled images to evaluate on [default: the run's own data].")
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
@@ -239,6 +288,9 @@ def report(*, run_dir: str | None, out: str, data: str | None, split: str | None
     """Write one self-contained HTML page about a run (default: the latest under runs/): settings, curves,
     metrics, confusion matrix, its worst mistakes with Grad-CAM, skipped files."""
     start(quiet)
+    from tlkit.outputs import check_output
+
+    check_output(out)  # before the work (write_report checks it too)
     from tlkit.report import write_report
 
     evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1)
@@ -247,7 +299,9 @@ def report(*, run_dir: str | None, out: str, data: str | None, split: str | None
 
 
 @main.command()
-@click.argument("run_dir", required=False, type=click.Path())
+@early_checks(run_dir="run")
+@legacy_run_argument
+@run_option
 @click.option("--format", "fmt", required=True, type=click.Choice(("savedmodel", "tflite", "onnx")),
               help="savedmodel (a folder) and tflite need the TensorFlow backend; onnx TensorFlow or PyTorch.")
 @click.option("--out", required=True, type=click.Path(),

@@ -15,6 +15,7 @@ import sys
 import click
 
 from tlkit import config as cfg
+from tlkit.cli.checks import quiet_matplotlib_config, stdout_is_closed, unexpected
 from tlkit.errors import OptionError, TlkitError
 
 log = logging.getLogger("tlkit")
@@ -27,10 +28,19 @@ class OneLineUsageError(click.ClickException):
 
 
 class TlkitGroup(click.Group):
-    """A click group whose errors are one ``Error:`` line: exit code 1 for tlkit's, 2 for bad usage."""
+    """A click group whose errors are one ``Error:`` line: exit code 1 for tlkit's, 2 for bad usage, 1 for
+    anything unexpected (its traceback in a log file; ``--debug`` prints it)."""
+
+    def main(self, *args, **kwargs):
+        """Refuse to run with standard output closed: every command answers there."""
+        if stdout_is_closed():
+            sys.stderr.write("Error: standard output is closed; tlkit has nowhere to write its answer\n")
+            sys.exit(1)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
+            quiet_matplotlib_config()
             return super().invoke(ctx)
         except click.UsageError as exc:
             where = f" (see {exc.ctx.command_path} -h)" if exc.ctx is not None else ""
@@ -45,6 +55,10 @@ class TlkitGroup(click.Group):
             raise click.exceptions.Exit(1) from None
         except OSError as exc:
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # the last resort: one line, never a traceback unless asked for
+            raise click.ClickException(unexpected(exc, ctx.meta.get(DEBUG_KEY, False))) from None
 
 
 def _field_default(field: dataclasses.Field):
@@ -67,8 +81,10 @@ def config_options(names: tuple[str, ...] | None = None):
                 else:
                     decls = [f"--{flag}"]
                     kind = click.Choice(choices) if choices else {"int": int, "float": float}.get(field.type, str)
+                bounds = field.metadata["bounds"]
+                shown = f"default: {_field_default(field)}" + (f"; {bounds.interval()}" if bounds else "")
                 command = click.option(*decls, field.name, type=kind, default=None,
-                                       help=f"{field.metadata['help']}  [default: {_field_default(field)}]")(command)
+                                       help=f"{field.metadata['help']}  [{shown}]")(command)
         return command
 
     return decorate
@@ -103,6 +119,11 @@ def start(quiet: bool) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
 
 
+#: Where ``--debug`` is noted for the group's error handler.
+DEBUG_KEY = "tlkit.debug"
+debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+                            callback=lambda ctx, param, value: ctx.meta.__setitem__(DEBUG_KEY, value),
+                            help="Print the traceback of an unexpected error (also TLKIT_DEBUG=1).")
 config_file_option = click.option("--config", "config_file", type=click.Path(dir_okay=False),
                                   help="JSON or TOML file of options (a run's config.json reproduces it).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")

@@ -20,6 +20,7 @@ from tlkit.data.scan import DatasetIndex, listing
 from tlkit.errors import TlkitError
 from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
                       write_json)
+from tlkit.locks import building_cache
 
 log = logging.getLogger("tlkit")
 
@@ -64,8 +65,11 @@ def load_split(index: DatasetIndex, split: str, config: Config, progress: bool =
     if is_built(folder):
         log.info("decoded %s images up to date, reusing %s", split, folder)
     else:
-        log.info("decoding the %d images of the %s split into %s", len(files), split, folder)
-        _build_image_cache(files, index.root, manifest, folder, config.runtime.workers, progress)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with building_cache(folder):
+            if not is_built(folder):  # else built meanwhile by the process waited for
+                log.info("decoding the %d images of the %s split into %s", len(files), split, folder)
+                _build_image_cache(files, index.root, manifest, folder, config.runtime.workers, progress)
     kept = read_json(folder / "kept.json")
     labels = index.labels[split][kept]
     for label, name in enumerate(index.class_names):

@@ -25,8 +25,9 @@ from tlkit.backends import gradient
 from tlkit.config import CAM_OPACITY
 from tlkit.data.decode import decode_image, read_rgb
 from tlkit.errors import TlkitError
-from tlkit.io import atomic_write, require_parent
+from tlkit.io import atomic_write
 from tlkit.model import HEAD_NAME, PREPROCESS_NAME, class_logits, class_probabilities
+from tlkit.outputs import check_output
 from tlkit.runs import Run, resolve_run
 #: Images whose gradients are taken at once (memory: about 27 MB each at image size 150).
 CAM_BATCH = 16
@@ -160,4 +161,4 @@ def explain_images(run: Run, paths: list[Path], pixels: np.ndarray, pictures: li
 def write_overlay(explanation: Explanation, out: str | Path, opacity: float = CAM_OPACITY) -> None:
     """Write the heatmap over the image as a PNG (atomically)."""
     picture = explanation.overlay(opacity)
-    atomic_write(require_parent(out), lambda temporary: picture.save(temporary, format="PNG"))
+    atomic_write(check_output(out), lambda temporary: picture.save(temporary, format="PNG"))

@@ -1,7 +1,13 @@
-"""Predict classes of image files with a saved run, streaming in batches."""
+"""Predict classes of image files with a saved run, streaming in batches.
+
+The run loaded last is kept (:func:`prediction_run`): calling :func:`predict` again with the same run folder
+reuses its model instead of loading it anew, which took seconds and gave Keras a new ``predict`` function to
+trace each time (TensorFlow warned of retracing after five calls).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,25 +23,59 @@ from tlkit.config import PREDICT_BATCH
 from tlkit.data.decode import decode_images
 from tlkit.data.scan import list_images
 from tlkit.errors import TlkitError
+from tlkit.io import CHECKSUMS
 from tlkit.model import class_probabilities
-from tlkit.runs import Run, resolve_run
+from tlkit.runs import Run, checked_run, latest_run, load_run
 
 log = logging.getLogger("tlkit")
+
+#: The run :func:`prediction_run` loaded last, under its folder and the digest of its ``checksums.json``.
+_loaded: dict[tuple[Path, str], Run] = {}
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The prediction for one image: the top class, its probability, and the top k."""
+    """The prediction for one image: the top class, its probability, the top k, and the run that made it
+    (its :attr:`~tlkit.runs.Run.identity`)."""
 
     path: str
     label: str
     probability: float
     top_k: tuple[tuple[str, float], ...]
+    run: str = ""
 
     def to_dict(self) -> dict:
-        """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``)."""
+        """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``), ``run``."""
         return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
+                "top_k": [{"label": name, "probability": p} for name, p in self.top_k], "run": self.run}
+
+
+def prediction_run(run: Run | str | Path | None) -> Run:
+    """A loaded run: as given, or loaded from its folder (``None``: the latest under ``runs/``, named in a log
+    line with its classes). The folder loaded last is reused while its files are unchanged (checked against
+    its checksums each time), so repeated calls share one model.
+
+    Raises:
+        TlkitError: If the folder is not a whole, unmodified run (see :func:`tlkit.runs.load_run`).
+    """
+    if isinstance(run, Run):
+        return run
+    path = latest_run() if run is None else Path(run)
+    try:
+        key = (path.resolve(), hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest())
+    except OSError:  # not a run: load_run says why
+        key = None
+    loaded = _loaded.get(key)
+    if loaded is not None:
+        checked_run(path)  # its files still match the checksums it was loaded with
+    else:
+        loaded = load_run(path)
+        _loaded.clear()
+        if key is not None:
+            _loaded[key] = loaded
+    if run is None:
+        log.info("using run %s (classes: %s); give --run to choose", path, ", ".join(loaded.class_names))
+    return loaded
 
 
 def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
@@ -53,9 +93,10 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
     if top_k < 1:
         raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
     tta_views(tta)  # checked now, before any output
-    run = resolve_run(run)  # checked now, not at the first item: nothing is printed before an error
+    run = prediction_run(run)  # checked now, not at the first item: nothing is printed before an error
     files = list_images(paths)
     k = min(top_k, len(run.class_names))
+    identity = run.identity
 
     def predictions() -> Iterator[Prediction]:
         count = 0
@@ -64,7 +105,7 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
                 order = np.argsort(-probs, kind="stable")[:k]
                 ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
                 count += 1
-                yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked)
+                yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked, identity)
         if count == 0:
             raise TlkitError(f"none of the {len(files)} file(s) given is a readable image "
                              "(each was skipped: see the warnings); give JPEG, PNG... image files")
@@ -88,6 +129,9 @@ def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BA
 
     The next batch is decoded in the background while the model predicts this one, so the device
     does not wait for the decoders (memory holds two batches).
+
+    Raises:
+        TlkitError: If the model gives a probability that is NaN or infinite (a broken model), naming an image.
     """
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
     chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
@@ -101,6 +145,10 @@ def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BA
                 pending = ahead.submit(decode, chunks[position + 1])
             probabilities = (view_probabilities(run, images, tta, batch_size) if kept
                              else np.empty((0, len(run.class_names))))
+            broken = ~np.isfinite(probabilities).all(axis=1)
+            if broken.any():
+                raise TlkitError(f"run {run.path} gives a probability that is not a number (NaN or infinite) for "
+                                 f"{chunk[kept[int(np.argmax(broken))]]}: its model is broken; retrain it")
             yield [chunk[i] for i in kept], probabilities, skipped
             done += len(chunk)
             if bar is not None:
@@ -113,7 +161,8 @@ def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k:
 
     Args:
         paths: Image files and/or folders.
-        run: A loaded :class:`~tlkit.runs.Run`, a run folder, or ``None`` for the latest under ``runs/``.
+        run: A loaded :class:`~tlkit.runs.Run`, a run folder (the one loaded last is kept for the next
+            call: :func:`prediction_run`), or ``None`` for the latest under ``runs/``.
         top_k: How many ranked classes each prediction carries.
         batch_size: Images decoded and predicted per step.
         tta: Test-time views averaged per image (1: none).

@@ -90,9 +90,10 @@ class CheckpointStore:
             return None
         try:
             state = read_json(path)
-            if state.get("format") not in READABLE_FORMATS:
-                raise TlkitError(f"format {state.get('format')!r}, this tlkit reads "
-                                 f"{', '.join(map(str, READABLE_FORMATS))}")
+            if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
+                found = state.get("format") if isinstance(state, dict) else None
+                raise TlkitError(f"format {found!r}, this tlkit reads {', '.join(map(str, READABLE_FORMATS))}")
+            _check_state(state)
             config_from_dict(state["config"])
         except (TlkitError, KeyError, AttributeError) as exc:
             raise TlkitError(f"the checkpoint of {run_dir} cannot be used ({exc}); to train that run again from "
@@ -170,6 +171,40 @@ class CheckpointStore:
         for path in self.folder.glob("*.npz"):
             if path.name not in named:
                 path.unlink()
+
+
+#: What ``state.json`` holds, and what each finished phase and the current one hold.
+STATE_KEYS = {"data": str, "dataset": str, "weights": str, "config": dict, "from_run": (str, type(None)),
+              "phases": list, "current": (dict, type(None)), "arrays": dict}
+PHASE_KEYS = {"name": str, "history": dict}
+CURRENT_KEYS = {"phase": int, "epochs_done": int, "history": dict, "stopped": bool,
+                "early_stopping": (dict, type(None)), "arrays": str}
+STOPPING_KEYS = {"wait": int, "best": (int, float, type(None)), "best_epoch": int, "best_weights": (str, type(None))}
+
+
+def _check_state(state: dict) -> None:
+    """Refuse a ``state.json`` that lacks a key or holds a value of another type (edited or damaged).
+
+    Raises:
+        TlkitError: Naming the first such key.
+    """
+    _require("", state, STATE_KEYS)
+    for i, phase in enumerate(state["phases"]):
+        _require(f"phases[{i}].", phase, PHASE_KEYS)
+    if state["current"] is not None:
+        _require("current.", state["current"], CURRENT_KEYS)
+        if state["current"]["early_stopping"] is not None:
+            _require("current.early_stopping.", state["current"]["early_stopping"], STOPPING_KEYS)
+
+
+def _require(where: str, part, keys: dict) -> None:
+    if not isinstance(part, dict):
+        raise TlkitError(f"{STATE_FILE} holds a {type(part).__name__} as {where.rstrip('.')}")
+    for key, kind in keys.items():
+        if key not in part:
+            raise TlkitError(f"{STATE_FILE} has no {where}{key!r}")
+        if not isinstance(part[key], kind):
+            raise TlkitError(f"{STATE_FILE} holds a {type(part[key]).__name__} as {where}{key!r}")
 
 
 class EarlyStopping(keras.callbacks.EarlyStopping):

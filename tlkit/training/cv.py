@@ -127,13 +127,14 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     test_files = {str(path) for path in index.files.get("test", [])}
     results = []
     with precision_policy(config.runtime.precision):
+        head = _FoldHead(x.shape[1:], len(index.class_names), config)
         for repeat in range(repeats):
             assignment = stratified_folds(labels, folds, config.data.seed, repeat)
             for fold in range(folds):
                 scored = assignment == fold
                 seed = (config.data.seed + repeat * folds + fold) % 2**32  # each fold its own head and order
-                result = _fit_fold((x[~scored], labels[~scored]), (x[scored], labels[scored]), index.class_names,
-                                   config, seed)
+                result = _fit_fold(head, (x[~scored], labels[~scored]), (x[scored], labels[scored]),
+                                   index.class_names, config, seed)
                 log.info("repeat %d/%d, fold %d/%d: val_accuracy %.4f, val_loss %.4f", repeat + 1, repeats,
                          fold + 1, folds, result["val_accuracy"], result["val_loss"])
                 results.append({"repeat": repeat, "fold": fold, **result})
@@ -167,21 +168,43 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, repeat: int = 0)
     return assignment
 
 
-def _fit_fold(trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
+class _FoldHead:
+    """One compiled head for every fold, given a fresh head's initial state (weights, dropout stream) and a
+    fresh optimizer's before each fold: it trains as a new head would, while Keras's training, validation
+    and prediction functions are traced once, not once per fold (a new model per fold made TensorFlow
+    retrace them every fold, and warn about it)."""
+
+    def __init__(self, feature_shape: tuple[int, ...], classes: int, config: Config) -> None:
+        self.feature_shape, self.classes, self.config = feature_shape, classes, config
+        self.model = build_head(feature_shape, classes, config.model, config.data.seed)
+        compile_model(self.model, classes, config.fit.optimizer, config.fit.learning_rate)
+        self.model.optimizer.build(self.model.trainable_variables)
+        self.fresh_optimizer = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
+
+    def reset(self, seed: int) -> keras.Model:
+        """The head, in the state a new head built from ``seed`` (and its new optimizer) would have."""
+        keras.utils.set_random_seed(seed)
+        fresh = build_head(self.feature_shape, self.classes, self.config.model, seed)
+        for variable, value in zip(self.model.variables, fresh.variables, strict=True):
+            variable.assign(value)
+        for variable, value in zip(self.model.optimizer.variables, self.fresh_optimizer, strict=True):
+            variable.assign(value)
+        return self.model
+
+
+def _fit_fold(head: _FoldHead, trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
               class_names: tuple[str, ...], config: Config, seed: int) -> dict:
-    """Train a fresh head on one fold's training images ``(features, labels)`` for ``config.fit.epochs``
-    epochs, then score the held-out fold as ``tlkit evaluate`` scores."""
+    """Train the head afresh (seeded by ``seed``) on one fold's training images ``(features, labels)`` for
+    ``config.fit.epochs`` epochs, then score the held-out fold as ``tlkit evaluate`` scores."""
     (x_train, y_train), (x_val, y_val) = trained_on, held_out
     settings, classes = config.fit, len(class_names)
-    keras.utils.set_random_seed(seed)
-    head = build_head(x_train.shape[1:], classes, config.model, seed)
-    compile_model(head, classes, settings.optimizer, settings.learning_rate)
+    model = head.reset(seed)
     batches = Batches(x_train, targets(y_train, classes), settings.batch_size, shuffle=True, seed=seed,
                       weights=row_weights(y_train, classes, settings.class_weight))
     # shuffle=False: Batches draws each epoch's order from (seed, epoch), as train does
-    fitted = head.fit(batches, epochs=settings.epochs, shuffle=False, verbose=0,
-                      validation_data=(x_val, targets(y_val, classes)))
-    report = classification_metrics(class_probabilities(head, x_val, settings.batch_size), y_val, class_names)
+    fitted = model.fit(batches, epochs=settings.epochs, shuffle=False, verbose=0,
+                       validation_data=(x_val, targets(y_val, classes)))
+    report = classification_metrics(class_probabilities(model, x_val, settings.batch_size), y_val, class_names)
     return {"train_images": len(y_train), "val_images": len(y_val), "val_accuracy": report["accuracy"],
             "val_loss": report["loss"],
             "history": {name: [float(value) for value in values] for name, values in fitted.history.items()}}

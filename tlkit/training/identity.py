@@ -93,6 +93,18 @@ def check_resume(run: Path, recorded: dict, saved: Config, now: RunIdentity, con
     return resumed
 
 
+def difference(recorded: dict, saved: Config, now: RunIdentity) -> str | None:
+    """How a run recorded as ``recorded`` (its checkpoint's identity) with ``saved`` settings differs from the
+    run ``now`` would start: ``"other data"``, ``"other settings"``, or ``None`` when it is the same run."""
+    if (now.data, now.dataset) != (recorded["data"], recorded["dataset"]):
+        return "other data"
+    settings = saved.run_settings()
+    settings["model"]["weights"] = recorded["weights"]
+    if (now.settings, now.weights, now.from_run) != (_sha256(settings), recorded["weights"], recorded["from_run"]):
+        return "other settings"
+    return None
+
+
 def resolved(path: str | Path | None) -> str | None:
     """``path`` made absolute (``None`` stays)."""
     return None if path is None else str(Path(path).resolve())

@@ -11,6 +11,8 @@ Every phase is fitted by :func:`fit_phase`: checkpointed after each epoch, resto
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,9 +24,12 @@ from tlkit.backends.devices import Devices, sharded
 from tlkit.config import Config
 from tlkit.data.batches import Batches
 from tlkit.data.image_cache import Split
+from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet
 from tlkit.model import build_head, compile_model, targets
 from tlkit.training.checkpoint import CheckpointStore, PhaseCheckpoint
+
+log = logging.getLogger("tlkit")
 
 #: Threads reading training batches ahead of the device (augmentation on the device only: the CPU
 #: path's ImageDataGenerator draws from one random stream, so its batches are made one at a time).
@@ -50,6 +55,19 @@ class Phase:
     learning_rate: float
     unfreeze_from: str | None = None
 
+    def describe(self) -> str:
+        """What the phase fits, in words, with its learning rate and most epochs (the console's phase line)."""
+        what = {"features": "the head on cached features", "frozen": "the head on the frozen base",
+                "warmup (features)": "warm-up of the head on cached features",
+                "warmup (frozen)": "warm-up of the head on the frozen base",
+                "finetune": f"fine-tuning {self.unfreeze_from} and up"}[self.name]
+        return f"{what} at lr {self.learning_rate:g}, up to {self.epochs} epochs"
+
+    @property
+    def option(self) -> str:
+        """The option that sets the phase's learning rate."""
+        return "--finetune-learning-rate" if self.name == "finetune" else "--learning-rate"
+
 
 def phases_for(config: Config, from_earlier_run: bool) -> list[Phase]:
     """The phases of ``config.fit.mode``; a fine-tuning that starts from an earlier run's model skips its warm-up."""
@@ -74,6 +92,7 @@ class Fitting:
         store: The run's checkpoint.
         callbacks: The caller's Keras callbacks, given to every ``fit``.
         verbose: 0 silent, 1 progress bars.
+        phases: How many phases the training has.
     """
 
     config: Config
@@ -82,6 +101,7 @@ class Fitting:
     store: CheckpointStore
     callbacks: list
     verbose: int
+    phases: int = 1
 
 
 def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) -> tuple[keras.Model, dict]:
@@ -92,7 +112,8 @@ def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) 
     classes = fitting.classes
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
     head = build_head(x_train.shape[1:], classes, config.model, config.data.seed)
-    compile_model(head, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
+    fit_model = trainer(head)
+    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
     weights = row_weights(y_train, classes, config.fit.class_weight)
 
     def batches(epoch: int):
@@ -100,8 +121,8 @@ def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) 
                                seed=config.data.seed, epoch=epoch, weights=weights), devices)
 
     validation = sharded(Batches(x_val, targets(y_val, classes), config.fit.batch_size), devices, whole_epoch=True)
-    return head, fit_phase(PhaseCheckpoint(fitting.store, number, phase.name, head, head, config.fit.patience),
-                           batches, validation, phase.epochs, fitting)
+    return head, fit_phase(PhaseCheckpoint(fitting.store, number, phase.name, fit_model, head, config.fit.patience),
+                           batches, validation, phase, fitting)
 
 
 def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, phase: Phase,
@@ -110,7 +131,8 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
 
     With ``augment_on="device"`` a :class:`RandomAffine` layer in front of the classifier augments
     each batch inside the training step (the saved classifier never holds it); with ``"cpu"``
-    ImageDataGenerator's ``apply_transform`` augments batches on the host.
+    ImageDataGenerator's ``apply_transform`` augments batches on the host. Either way the model
+    compiled is a wrapper (:func:`trainer`): the classifier itself never holds an optimizer.
     """
     config, devices = fitting.config, fitting.devices
     train, val = splits["train"], splits["val"]
@@ -119,15 +141,14 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
     weights = row_weights(train.labels, classes, config.fit.class_weight)
     seed = config.data.seed + number  # each phase its own order and augmentations
     if config.runtime.augment_on == "device":
-        inputs = keras.Input(shape=model.input_shape[1:], name="image")
         augment = RandomAffine.from_augment_config(config.augment, seed=seed)
-        fit_model = keras.Model(inputs, model(augment(inputs)), name="trainer")
+        fit_model = trainer(model, augment)
 
         def batches(epoch: int):  # reading a batch is a memory copy: threads read ahead
             return sharded(Batches(train.images, labels, config.fit.batch_size, shuffle=True, seed=seed, epoch=epoch,
                                    weights=weights, workers=min(PREFETCH_THREADS, config.runtime.workers)), devices)
     else:
-        fit_model = model
+        fit_model = trainer(model)
 
         def batches(epoch: int):
             return sharded(AugmentedBatches(train.images, labels, config.fit.batch_size, config.augment, seed=seed,
@@ -136,11 +157,22 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
     validation = sharded(Batches(val.images, targets(val.labels, classes), config.fit.batch_size), devices,
                          whole_epoch=True)
     checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, model, config.fit.patience)
-    return fit_phase(checkpoint, batches, validation, phase.epochs, fitting)
+    return fit_phase(checkpoint, batches, validation, phase, fitting)
+
+
+def trainer(model: keras.Model, augment: keras.layers.Layer | None = None) -> keras.Model:
+    """The model a phase compiles and fits: ``model`` (behind ``augment``, if given) inside a wrapper.
+
+    The wrapper holds the optimizer, so the model a run saves carries none: loading a run never
+    meets an optimizer state to restore (one fitted under mixed precision has more variables than
+    the plain optimizer a load would build).
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], name=model.inputs[0].name)
+    return keras.Model(inputs, model(inputs if augment is None else augment(inputs)), name="trainer")
 
 
 def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.PyDataset], validation,
-              epochs: int, fitting: Fitting) -> dict:
+              phase: Phase, fitting: Fitting) -> dict:
     """Fit one phase (its model compiled), checkpointing every epoch; returns its history (every epoch).
 
     A phase that finished before an interruption is not fitted again: its kept model gets the weights
@@ -151,20 +183,69 @@ def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.
         checkpoint: The phase's checkpoint callback.
         batches: ``epoch -> training batches`` starting at that epoch.
         validation: The validation batches.
-        epochs: Most epochs of the phase.
+        phase: The phase.
         fitting: The training's settings, devices and callbacks.
+
+    Raises:
+        Diverged: If the loss becomes NaN or infinite (see :class:`StopOnNonFinite`).
     """
     history = checkpoint.finished()
     if history is not None:
         return history
+    log.info("phase %d/%d: %s", checkpoint.phase + 1, fitting.phases, phase.describe())
     done, stopped = checkpoint.restore()
     early = [checkpoint.stopping] if checkpoint.stopping else []
+    guard = StopOnNonFinite(checkpoint.phase, phase.option, phase.learning_rate)
     # shuffle=False: Batches shuffles each epoch from (seed, epoch); Keras would reorder batches with the
     # global random state, which a resumed process does not share
-    checkpoint.fit_model.fit(batches(done), epochs=done if stopped else epochs, initial_epoch=done, shuffle=False,
-                             validation_data=validation, callbacks=[*early, *fitting.callbacks, checkpoint],
+    checkpoint.fit_model.fit(batches(done), epochs=done if stopped else phase.epochs, initial_epoch=done,
+                             shuffle=False, validation_data=validation,
+                             callbacks=[guard, *early, *fitting.callbacks, checkpoint],
                              verbose="auto" if fitting.verbose else 0)
-    return checkpoint.finish()
+    history = checkpoint.finish()
+    _log_kept_epoch(checkpoint.phase, phase, history, fitting.config.fit.patience)
+    return history
+
+
+def _log_kept_epoch(number: int, phase: Phase, history: dict, patience: int) -> None:
+    """One line on the epoch a phase keeps, when early stopping chose it (``patience`` > 0)."""
+    if not patience:
+        return
+    run, best = len(history["val_loss"]), int(np.argmin(history["val_loss"]))
+    kept = f"keeping epoch {best + 1} (val_loss {history['val_loss'][best]:.4f})"
+    if run < phase.epochs:
+        log.info("early stop at phase %d epoch %d: val_loss has not improved for %d epochs; %s", number + 1, run,
+                 patience, kept)
+    else:
+        log.info("phase %d ran its %d epochs; %s, the lowest val_loss", number + 1, run, kept)
+
+
+class Diverged(TlkitError):
+    """The loss became NaN or infinite: nothing of the fit is worth keeping or resuming."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops a fit at once, with :class:`Diverged`, when its loss becomes NaN or infinite (before the
+    epoch is checkpointed: no diverged weights are ever kept)."""
+
+    def __init__(self, phase: int, option: str, learning_rate: float) -> None:
+        super().__init__()
+        self.phase, self.option, self.learning_rate = phase, option, learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._check((logs or {}).get("loss"))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._check((logs or {}).get("val_loss"))
+
+    def _check(self, value) -> None:
+        if value is not None and not math.isfinite(float(value)):
+            raise Diverged(f"loss became {float(value)} at phase {self.phase + 1} epoch {self.epoch + 1}: lower "
+                             f"{self.option} (it is {self.learning_rate:g}); training stopped and no run was saved")
 
 
 def class_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:

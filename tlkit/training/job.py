@@ -1,0 +1,244 @@
+"""A training job before its first fit: which run folder (new, resumed, or an interrupted run of the same
+data and settings found under ``runs/``), locked for this process; the dataset; the run's identity and
+checkpoint; in a job of several processes, the agreement of all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlkit.backends.devices import Devices, all_or_none, resolve
+from tlkit.config import DEFAULT_RUNS_DIR, Config
+from tlkit.data.scan import DatasetIndex, require_classes, scan
+from tlkit.errors import TlkitError
+from tlkit.locks import FolderLock, in_use, lock_run, run_in_use
+from tlkit.runs import CHECKPOINT_DIR, MODEL_FILE, STATE_FILE, Run, interrupted_runs, latest_run, load_run, new_run_dir
+from tlkit.training.checkpoint import CheckpointStore
+from tlkit.training.identity import RunIdentity, check_resume, difference
+from tlkit.training.phases import Diverged
+
+log = logging.getLogger("tlkit")
+
+#: Why a run of several processes is not resumed by them all, and what to do instead.
+MULTIWORKER_RESUME = ("--resume is not available with --distribute multiworker: continue the run on one machine "
+                      "(--resume --distribute mirrored), or start the job again with another --run-dir")
+#: Settings an earlier run (``--from``) fixes: its model's shape, and its split, so that images it
+#: trained on never end up in this run's validation or test split.
+ADOPTED = {"data": ("image_size", "seed", "val_split", "test_split"), "model": ("pooling", "head_units", "dropout")}
+
+
+@dataclass
+class Job:
+    """A run being trained: where it goes, on what, with what."""
+
+    out: Path | None  # None in the processes of a multiworker job that do not write
+    index: DatasetIndex
+    config: Config
+    devices: Devices
+    store: CheckpointStore
+    identity: RunIdentity
+    start: Run | None  # the earlier run (--from) it starts from
+    resumed: bool
+    keep_folder: bool = False  # the run folder existed (empty) before: on failure it is emptied, not removed
+    skipped: dict[str, str] = field(default_factory=dict)
+    lock: FolderLock | None = None  # this process's lock on the run folder
+    found: bool = False  # the run folder was chosen here (default folder or found under runs/), not given
+
+    def stopped(self, exc: BaseException, data: str | Path) -> None:
+        """The job stopped: keep what can be resumed and say how, or remove a new run's folder."""
+        if not self.devices.chief:
+            return
+        if isinstance(exc, Diverged):  # the same settings would diverge again: nothing worth resuming
+            if not self.resumed:
+                discard(self.out, self.keep_folder)
+        elif self.store.has_progress():
+            where = " --distribute mirrored" if self.devices.processes > 1 else ""  # see MULTIWORKER_RESUME
+            same = "the same command continues them, as does " if self.found and not where else "continue with "
+            log.warning("training stopped (%s); the finished epochs are kept in %s: %s`tlkit train %s --run-dir %s "
+                        "--resume%s`", type(exc).__name__, self.out, same, data, self.out, where)
+        elif not self.resumed:
+            discard(self.out, self.keep_folder)
+
+    def release(self) -> None:
+        """Release the run folder's lock."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def prepare(data: str | Path, config: Config | None, run_dir: str | Path | None, from_run: str | Path | None,
+            resume: bool | None, changes: dict[str, dict]) -> Job:
+    """Everything a run needs before its first fit; in a job of several processes, all go on or none does.
+
+    ``resume``: ``True`` continues the interrupted run in ``run_dir`` (default: the latest under ``runs/``);
+    ``None`` continues the latest interrupted run under ``runs/`` of the same data and settings, if any
+    (only without ``run_dir``), else starts a new run; ``False`` starts a new run.
+    """
+    if run_dir is not None and run_in_use(run_dir):
+        raise TlkitError(in_use(run_dir))
+    store, lock, candidates = None, None, []
+    if resume:
+        _refuse_multiworker((config or Config()).replace(**changes))  # before anything is read or removed
+        run_dir = run_dir or latest_run(interrupted=True)
+        if (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file() or (Path(run_dir) / MODEL_FILE).exists():
+            lock = lock_run(run_dir)  # before its checkpoint is read: no other process writes it meanwhile
+    try:
+        if resume and not (Path(run_dir) / MODEL_FILE).exists():
+            store = CheckpointStore.open(run_dir)
+        config = (config or (store.config if store is not None else None) or Config()).replace(**changes)
+        if resume:
+            _refuse_multiworker(config)  # the run's own settings may ask for it
+        if resume and (Path(run_dir) / MODEL_FILE).exists():
+            CheckpointStore.remove_leftover(run_dir)  # killed after the model was saved, before the checkpoint went
+            raise TlkitError(f"run {run_dir} has finished; there is nothing to resume")
+        if resume is None and run_dir is None and config.runtime.distribute != "multiworker":
+            candidates = _interrupted_here()
+        if store is not None and from_run is None:
+            from_run = store.from_run
+        if from_run is not None and config.fit.mode != "finetune":
+            raise TlkitError("--from is only for --mode finetune")
+        job = _agreed(data, config, run_dir, from_run, store, candidates)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if lock is not None:
+        job.lock = lock
+    return job
+
+
+def _agreed(data: str | Path, config: Config, run_dir: str | Path | None, from_run: str | Path | None,
+            store: CheckpointStore | None, candidates: list[tuple[Path, CheckpointStore]]) -> Job:
+    """The job, once every process of it is ready on the same files with the same settings (or all stop)."""
+    devices = resolve(config.runtime.distribute)  # first: a multiworker process joins its cluster
+    job = None
+    try:
+        try:
+            job = _open_run(data, config, run_dir, from_run, store, devices, candidates=candidates)
+        except (TlkitError, OSError) as exc:
+            all_or_none(devices, str(exc), None)  # in a job of several processes, all stop with this error
+            raise
+        all_or_none(devices, None, job.identity.digests())
+    except BaseException:
+        if job is not None:
+            if job.out is not None and not job.resumed:
+                discard(job.out, job.keep_folder)
+            job.release()  # a lock taken here (the caller releases its own)
+        raise
+    return job
+
+
+def _refuse_multiworker(config: Config) -> None:
+    """A resume is not taken up by the processes of a job (see :data:`MULTIWORKER_RESUME`)."""
+    if config.runtime.distribute == "multiworker":
+        raise TlkitError(MULTIWORKER_RESUME)
+
+
+def _interrupted_here() -> list[tuple[Path, CheckpointStore]]:
+    """The interrupted runs under ``runs/`` that no process is training, newest first, with their checkpoints
+    (those whose checkpoint cannot be read are left alone)."""
+    found = []
+    for run in interrupted_runs(DEFAULT_RUNS_DIR):
+        if run_in_use(run):
+            continue
+        try:
+            store = CheckpointStore.open(run)
+        except TlkitError:
+            continue
+        if store is not None:
+            found.append((run, store))
+    return found
+
+
+def _same_run(candidates: list[tuple[Path, CheckpointStore]], identity: RunIdentity,
+              config: Config) -> tuple[Path, CheckpointStore] | None:
+    """The newest interrupted run of the same data and settings, said so; or ``None``, naming those left."""
+    left = []
+    for run, store in candidates:
+        differs = difference(store.state, store.config, identity)
+        if differs is None:
+            state = store.state
+            current = state["current"]
+            phase, epoch = (current["phase"] + 1, current["epochs_done"] + 1) if current else (len(state["phases"]) + 1, 1)
+            log.info("resuming interrupted run %s at phase %d epoch %d (same data and settings); --new starts afresh",
+                     run, phase, epoch)
+            return run, store
+        left.append(f"{run} ({differs})")
+    if left:
+        log.info("left interrupted run%s %s; starting a new run", "s" if len(left) > 1 else "", ", ".join(left))
+    return None
+
+
+def _open_run(data: str | Path, config: Config, run_dir: str | Path | None, from_run: str | Path | None,
+              store: CheckpointStore | None, devices: Devices, *,
+              candidates: list[tuple[Path, CheckpointStore]]) -> Job:
+    """Read the earlier run and the dataset, then open the interrupted run or create the new one (last)."""
+    with devices.scope():  # an earlier run's model trains on every device too
+        start = load_run(from_run) if from_run is not None else None
+    if start is not None:
+        config = _adopt(start, config)
+    index = scan(data, config.data)
+    require_classes(index)
+    if not index.files["val"]:
+        raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
+    if start is not None and start.class_names != index.class_names:
+        raise TlkitError(f"run {start.path} was trained on classes {', '.join(start.class_names)}, "
+                         f"but {index.root} has {', '.join(index.class_names)}")
+    identity = RunIdentity.of(data, index, config, from_run)  # a missing weights file fails before the folder is made
+    lock, found = None, run_dir is None
+    if store is None and candidates:
+        same = _same_run(candidates, identity, config)
+        if same is not None:
+            run_dir, store = same
+            lock = lock_run(run_dir)
+    keep_folder, resumed = False, store is not None
+    if resumed:
+        try:
+            config = check_resume(Path(run_dir), store.state, store.config, identity, config)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        out = Path(run_dir)
+    elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
+        out, store = None, CheckpointStore.create(None, identity, config)
+    else:
+        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
+            raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, or choose another "
+                             "--run-dir")
+        keep_folder = run_dir is not None and Path(run_dir).is_dir()
+        out = new_run_dir(run_dir, config.fit.mode)
+        lock = lock_run(out)  # before anything is written: a second process is refused, and removes nothing
+        try:
+            store = CheckpointStore.create(out, identity, config)
+        except BaseException:
+            lock.release()
+            discard(out, keep_folder)
+            raise
+    return Job(out, index, config, devices, store, identity, start, resumed, keep_folder, lock=lock, found=found)
+
+
+def _adopt(start: Run, config: Config) -> Config:
+    """Take over the settings an earlier run fixes (:data:`ADOPTED`)."""
+    changes: dict[str, dict] = {}
+    for section, names in ADOPTED.items():
+        for name in names:
+            theirs, ours = getattr(getattr(start.config, section), name), getattr(getattr(config, section), name)
+            if theirs != ours:
+                log.info("using %s = %s of %s", name, theirs, start.path)
+                changes.setdefault(section, {})[name] = theirs
+    return config.replace(**changes)
+
+
+def discard(out: Path, keep_folder: bool) -> None:
+    """Remove a failed run's files: its folder is whole or absent (an empty one given by the user stays, empty)."""
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for leftover in out.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
