@@ -89,3 +89,19 @@ def _isolated(tmp_path, monkeypatch):
     log.handlers.clear()
     log.propagate = True
     log.setLevel(logging.NOTSET)
+
+
+def stop_at(epoch: int):
+    """A Keras callback that presses Ctrl-C (raises KeyboardInterrupt) after batch 0 of epoch ``epoch``
+    (from 0) of the first fit it is given to."""
+    import keras
+
+    class StopAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, index, logs=None):
+            self.epoch = index
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+
+    return StopAt()

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -20,7 +19,7 @@ import tlkit
 from tlkit.cli import main
 from tlkit.runs import CHECKPOINT_DIR, STATE_FILE
 
-from conftest import make_dataset
+from conftest import make_dataset, stop_at
 
 #: The options of every command here (the run's settings, given as flags).
 FLAGS = {"image_size": 32, "weights": "none", "batch_size": 8, "mode": "frozen", "epochs": 3, "patience": 0,
@@ -40,27 +39,12 @@ def same_config(cache: Path) -> tlkit.Config:
                                                                      "patience")})
 
 
-class StopAt(keras.callbacks.Callback):
-    """Ctrl-C (KeyboardInterrupt) after batch 0 of epoch ``epoch`` (from 0)."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.target = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == self.target:
-            raise KeyboardInterrupt
-
-
 @pytest.fixture
 def interrupted(tmp_path, caplog) -> tuple[Path, Path]:
     """``(data, run)``: a frozen run under runs/ stopped by Ctrl-C in its 3rd epoch (2 finished)."""
     data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=8)
     with pytest.raises(KeyboardInterrupt):
-        tlkit.train(data, same_config(tmp_path / "cache"), verbose=0, callbacks=[StopAt(2)])
+        tlkit.train(data, same_config(tmp_path / "cache"), verbose=0, callbacks=[stop_at(2)])
     assert "the same command continues them" in caplog.text
     (run,) = Path("runs").iterdir()
     assert json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())["current"]["epochs_done"] == 2

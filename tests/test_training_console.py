@@ -23,7 +23,7 @@ from tlkit.plots import curves
 from tlkit.report import _summary
 from tlkit.runs import CHECKPOINT_DIR, STATE_FILE, best_epoch_of, latest_run
 
-from conftest import COLOURS, make_dataset, write_image
+from conftest import COLOURS, make_dataset, stop_at, write_image
 
 FORMAT2 = Path(__file__).resolve().parent / "data" / "format2"
 
@@ -150,21 +150,6 @@ def test_a_run_whose_classes_lost_a_name_is_refused_in_one_line(three_classes, a
     assert result.exit_code == 1 and "is inconsistent" in result.output and "Traceback" not in result.output
 
 
-class StopAt(keras.callbacks.Callback):
-    """Ctrl-C (KeyboardInterrupt) after batch 0 of epoch ``epoch`` (from 0) of the first fit."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.target = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == self.target:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("edit, named", [
     (lambda state: state.__setitem__("dataset_sha", state.pop("dataset")), "has no 'dataset'"),
     (lambda state: state["current"].__setitem__("done", state["current"].pop("epochs_done")),
@@ -175,7 +160,7 @@ def test_a_checkpoint_state_with_a_renamed_key_is_refused_in_one_line(tmp_path, 
     data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=6)
     config = config.replace(train={"epochs": 3})
     with pytest.raises(KeyboardInterrupt):
-        tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0, callbacks=[StopAt(1)])
+        tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0, callbacks=[stop_at(1)])
     path = tmp_path / "run" / CHECKPOINT_DIR / STATE_FILE
     state = json.loads(path.read_text())
     edit(state)
