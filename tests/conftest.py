@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import zlib
 from pathlib import Path
+
+# JAX: compiled steps kept on disk, shared by the test processes (xdist workers, CLI subprocesses) that
+# compile the same tiny VGG16 again and again; nothing the tests check depends on it
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"tlkit-tests-jax-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import numpy as np
 import pytest

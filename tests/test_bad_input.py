@@ -32,6 +32,8 @@ from tlkit.data import ImageTooLarge, decode_image, decode_images, scan
 
 from conftest import COLOURS, make_dataset, write_image
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 FAST = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "8", "--patience", "0", "--quiet"]
 EXTRACT_FAST = ["--image-size", "32", "--weights", "none", "--quiet"]
 UNIDENTIFIED = "UnidentifiedImageError: cannot identify image file"
@@ -378,7 +380,6 @@ def test_the_pixel_limit_is_read_at_each_call_and_refuses_before_decoding(tmp_pa
 # 4. Unreadable files, in a real process.
 
 
-@pytest.mark.backend_independent
 def test_an_unreadable_file_is_skipped_with_its_permission_error(tmp_path):
     """As root (who reads anything), the CLI runs without that power, so chmod 000 bites; no bomb warning either."""
     data = make_dataset(tmp_path / "d", per_class=3, splits=["train", "val"])

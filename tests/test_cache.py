@@ -6,6 +6,8 @@ import pytest
 
 from tlkit.io import RowFile, building, cache_folder, is_built
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 
 def test_row_file_round_trips_and_is_a_plain_npy(tmp_path):
     data = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)

@@ -9,6 +9,8 @@ from tlkit.config import SECTIONS
 
 from conftest import make_dataset, write_image
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 FAST = ["--image-size", "32", "--weights", "none", "--batch-size", "8", "--patience", "0", "--quiet"]
 
 
@@ -121,7 +123,6 @@ def test_cv_prints_every_fold_and_json_agrees(tmp_path, data):
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
 
 
-@pytest.mark.backend_independent
 def test_a_reader_that_leaves_early_ends_predict_quietly(tmp_path, data):
     """`tlkit predict DIR | head`: when the reader has gone, tlkit stops without an error or a traceback."""
     import subprocess

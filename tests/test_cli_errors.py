@@ -16,6 +16,8 @@ from tlkit.cli import checks, main
 
 from conftest import REPO, make_dataset
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 FRAMEWORKS = ("tensorflow", "jax", "torch", "keras", "matplotlib")
 #: Hides jax from the interpreter it is run in, as if it were not installed.
 WITHOUT_JAX = """
@@ -79,10 +81,15 @@ NO_MODEL_NEEDED = [
     (["extract", "d", "--image-size", "100000"], 1, "invalid image_size: 100000"),
     (["cv", "d", "--epochs", "-4"], 1, "invalid epochs: -4"),
     (["train", "d", "--cache-dir", ""], 2, "invalid cache_dir: ''"),
+    (["evaluate", "--run", "run", "--confusion", "nowhere/cm.png"], 1, "folder not found for nowhere/cm.png"),
+    (["report", "--run", "run", "--out", "nowhere/r.html"], 1, "folder not found for nowhere/r.html"),
+    (["explain", "d/red/red_00.jpg", "--run", "run", "--out", "nowhere/x.png"], 1, "folder not found for nowhere/x.png"),
+    (["curves", "--run", "run", "--out", "nowhere/c.png"], 1, "folder not found for nowhere/c.png"),
+    (["predict", "d", "--run", "run", "--out", "nowhere/p.csv"], 1, "folder not found for nowhere/p.csv"),
+    (["predict", "d", "--run", "run", "--out", "p.csv", "--json"], 2, "give one of them"),
 ]
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("args, code, message", NO_MODEL_NEEDED)
 def test_answers_that_need_no_model_load_no_framework(place, args, code, message):
     found = run_cli(args, place)
@@ -90,7 +97,6 @@ def test_answers_that_need_no_model_load_no_framework(place, args, code, message
     assert len(found["stderr"]) == 1 and found["stderr"][0].startswith("Error: ") and message in found["stderr"][0]
 
 
-@pytest.mark.backend_independent
 def test_settings_beyond_this_machines_memory_are_refused_first(place):
     if (tlkit.limits.machine_memory() or 0) > 700 * 2**30:
         pytest.skip("this machine has more than 700 GiB of memory")
@@ -100,7 +106,6 @@ def test_settings_beyond_this_machines_memory_are_refused_first(place):
     assert "a batch of 65536 images of 1024x1024 takes 768.0 GiB" in found["stderr"][0]
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("home", ["", None])
 def test_without_home_the_cache_folder_must_be_given(place, home):
     env = {key: value for key, value in os.environ.items() if key not in ("HOME", "TLKIT_CACHE")}
@@ -117,7 +122,6 @@ def test_without_home_the_cache_folder_must_be_given(place, home):
 # One way to name a run: --run, the positional form deprecated.
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("command", [["report", "--out", "r.html"], ["curves", "--out", "c.png"],
                                      ["export", "--format", "onnx", "--out", "m.onnx"]])
 def test_report_curves_export_take_run_and_still_the_positional_form(place, monkeypatch, command):
@@ -133,7 +137,6 @@ def test_report_curves_export_take_run_and_still_the_positional_form(place, monk
     assert both.exit_code == 2 and "name the run once, as --run RUN" in both.stderr
 
 
-@pytest.mark.backend_independent
 def test_the_latest_run_is_the_default_of_run(place, monkeypatch):
     monkeypatch.chdir(place)
     result = CliRunner().invoke(main, ["curves", "--out", "c.png"])
@@ -144,7 +147,6 @@ def test_the_latest_run_is_the_default_of_run(place, monkeypatch):
 # The last resort, and the environment: a missing backend, a closed stdout, an unusable HOME.
 
 
-@pytest.mark.backend_independent
 def test_an_unexpected_error_is_one_line_with_its_traceback_in_a_log_file(place, monkeypatch):
     def broken(path):
         raise RuntimeError("something nobody foresaw")
@@ -164,7 +166,6 @@ def test_an_unexpected_error_is_one_line_with_its_traceback_in_a_log_file(place,
     Path(debug.stderr.split("details in ")[1].split(";")[0]).unlink()
 
 
-@pytest.mark.backend_independent
 def test_a_keras_backend_that_is_not_installed_is_named(place):
     env = {"KERAS_BACKEND": "jax"}
     assert run_cli(["--help"], place, env, WITHOUT_JAX)["code"] == 0
@@ -174,7 +175,6 @@ def test_a_keras_backend_that_is_not_installed_is_named(place):
         "Error: KERAS_BACKEND=jax but jax is not installed: pip install jax, or unset KERAS_BACKEND"]
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["predict", "x.jpg"]])
 def test_a_closed_stdout_is_an_error(place, args):
     command = " ".join([sys.executable, "-m", "tlkit.cli", *args])
@@ -184,7 +184,6 @@ def test_a_closed_stdout_is_an_error(place, args):
     assert done.stderr == "Error: standard output is closed; tlkit has nowhere to write its answer\n"
 
 
-@pytest.mark.backend_independent
 def test_an_unwritable_home_gives_no_matplotlib_lines(place):
     """HOME under a file (cannot be created, even by root): matplotlib's own folder is then a private temporary one."""
     env = {key: value for key, value in os.environ.items()

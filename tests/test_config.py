@@ -5,6 +5,8 @@ import pytest
 import tlkit
 from tlkit.config import AugmentConfig, Config, load_config
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 
 def test_defaults_are_the_classic_recipe_and_documented_sizes():
     assert AugmentConfig() == AugmentConfig(40.0, 0.2, 0.2, 0.2, 0.2, True, "nearest")

@@ -9,6 +9,8 @@ from tlkit.data.image_cache import load_split
 
 from conftest import COLOURS, make_dataset, write_image
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 
 def test_presplit_folder_with_val_and_test(tmp_path):
     make_dataset(tmp_path / "d", ("red", "blue"), per_class=3, splits=["train", "val", "test"])

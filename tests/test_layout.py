@@ -13,6 +13,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 PACKAGE = REPO / "tlkit"
 #: Longest a module may grow before it is split.
 MAX_LINES = 350
@@ -25,14 +27,12 @@ def modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-@pytest.mark.backend_independent
 def test_no_module_is_longer_than_a_sitting():
     lengths = {str(path.relative_to(REPO)): len(path.read_text().splitlines()) for path in modules()}
     long = {name: lines for name, lines in lengths.items() if lines > MAX_LINES}
     assert not long
 
 
-@pytest.mark.backend_independent
 def test_no_function_takes_more_than_six_positional_parameters():
     crowded = []
     for path in modules():
@@ -52,14 +52,12 @@ def loaded_after(code: str) -> dict:
     return {"frameworks": json.loads(done.stdout.splitlines()[-1]), "stdout": done.stdout, "stderr": done.stderr}
 
 
-@pytest.mark.backend_independent
 def test_importing_tlkit_and_its_config_loads_no_framework():
     found = loaded_after("import tlkit, tlkit.config, tlkit.cli\nconfig = tlkit.Config().replace(fit={'epochs': 3})\n"
                          "assert tlkit.TlkitError and tlkit.__version__")
     assert found["frameworks"] == [] and found["stderr"] == ""
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("args, code", [(["--help"], 0), (["--version"], 0), (["train", "--help"], 0),
                                         (["trian"], 2), (["train", "d", "--epochs", "many"], 2),
                                         (["predict", "--top-k", "0", "x.jpg"], 2)])
@@ -81,7 +79,6 @@ def test_a_command_that_loads_tensorflow_prints_none_of_its_start_up_lines(tmp_p
     assert done.returncode == 1 and done.stderr.splitlines() == [f"Error: run folder not found: {tmp_path / 'norun'}"]
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("script", sorted(path.name for path in (REPO / "scripts").glob("*.py")))
 def test_every_script_loads_against_the_package(script):
     """The scripts import what the package now calls its names (their main parts are run elsewhere)."""

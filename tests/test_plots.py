@@ -12,6 +12,8 @@ from tlkit.plots import curves, smooth
 
 from conftest import make_dataset
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 PHASES = [
     {"name": "warmup (features)", "history": {"loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.6, 0.5],
                                               "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.5, 0.6, 0.7]}},

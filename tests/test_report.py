@@ -18,6 +18,8 @@ from tlkit.report import write_report
 
 from conftest import make_dataset
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 
 class Page(HTMLParser):
     """The parts of a report a reader relies on: tables by id (rows of cell texts), images, mistake figures."""
@@ -125,7 +127,6 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.mark.backend_independent
 def test_chromium_renders_the_report(tmp_path, reported):
     """Headless Chromium, cut off from any network, loads every embedded picture and lays the page out."""
     chromium = _chromium()

@@ -15,6 +15,8 @@ from tlkit.inference.prediction_file import predict_to_file
 
 from conftest import make_dataset
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 
 @pytest.fixture
 def job(tmp_path, config):
@@ -67,7 +69,6 @@ predict_to_file([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=4)
 """
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_a_killed_job_resumes_where_it_stopped(tmp_path, job, suffix):
     data, run = job

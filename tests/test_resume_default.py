@@ -41,12 +41,15 @@ def same_config(cache: Path) -> tlkit.Config:
 
 @pytest.fixture
 def interrupted(tmp_path, caplog) -> tuple[Path, Path]:
-    """``(data, run)``: a frozen run under runs/ stopped by Ctrl-C in its 3rd epoch (2 finished)."""
+    """``(data, run)``: a frozen run under runs/ stopped by Ctrl-C in its 3rd epoch (2 finished), started with
+    ``tlkit.train``'s default ``resume=False`` (as ``--new``), which the same call again would not continue."""
     data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=8)
     with pytest.raises(KeyboardInterrupt):
         tlkit.train(data, same_config(tmp_path / "cache"), verbose=0, callbacks=[stop_at(2)])
-    assert "the same command continues them" in caplog.text
     (run,) = Path("runs").iterdir()
+    assert (f"the finished epochs are kept in {run}: continue with `tlkit train {data} --run-dir {run} --resume`"
+            in caplog.text)
+    assert "the same command" not in caplog.text
     assert json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())["current"]["epochs_done"] == 2
     return data, run
 
@@ -55,6 +58,7 @@ def losses(run: Path) -> list[float]:
     return json.loads((run / "history.json").read_text())[0]["history"]["loss"]
 
 
+@pytest.mark.backend_independent
 def test_the_same_command_continues_the_interrupted_run(tmp_path, interrupted):
     data, run = interrupted
     result = CliRunner().invoke(main, ["train", str(data), *flags(tmp_path / "cache")], catch_exceptions=False)
@@ -70,8 +74,20 @@ def test_the_same_command_continues_the_interrupted_run(tmp_path, interrupted):
     np.testing.assert_allclose(losses(run), losses(whole.run_dir), rtol=1e-6)  # the history continues
 
 
+@pytest.mark.backend_independent
+def test_the_stop_message_says_the_same_command_continues_the_run(tmp_path, caplog):
+    """Started as ``tlkit train DATA`` (``resume=None``) and stopped: the same command continues it, as said."""
+    data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=8)
+    with pytest.raises(KeyboardInterrupt):
+        tlkit.train(data, same_config(tmp_path / "cache"), verbose=0, callbacks=[stop_at(1)], resume=None)
+    (run,) = Path("runs").iterdir()
+    assert (f"the finished epochs are kept in {run}: the same command continues them, as does `tlkit train {data} "
+            f"--run-dir {run} --resume`") in caplog.text
+
+
 @pytest.mark.parametrize("change, why", [({"epochs": 4}, "other settings"), ({"learning_rate": 0.01}, "other settings"),
                                          (None, "other data")])
+@pytest.mark.backend_independent
 def test_other_settings_or_data_start_a_new_run_and_name_the_one_left(tmp_path, interrupted, change, why):
     data, run = interrupted
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -87,6 +103,7 @@ def test_other_settings_or_data_start_a_new_run_and_name_the_one_left(tmp_path, 
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # left as it was
 
 
+@pytest.mark.backend_independent
 def test_new_starts_afresh(tmp_path, interrupted):
     data, run = interrupted
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -101,6 +118,7 @@ def test_new_starts_afresh(tmp_path, interrupted):
     assert refused.exit_code == 2 and "give one of them" in refused.output
 
 
+@pytest.mark.backend_independent
 def test_resume_still_continues_the_latest(tmp_path, interrupted):
     data, run = interrupted
     result = CliRunner().invoke(main, ["train", str(data), "--resume", "--quiet"], catch_exceptions=False)
@@ -108,13 +126,20 @@ def test_resume_still_continues_the_latest(tmp_path, interrupted):
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == [3]
 
 
+#: Runs its arguments as a command with SIGINT as a terminal's foreground job has it: a test run started
+#: in the background (``pytest &``) ignores SIGINT, and its children would inherit that (a launcher,
+#: not ``preexec_fn``: forking the multithreaded test process could deadlock).
+AS_IN_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def test_ctrl_c_then_the_same_command(tmp_path):
     """A real Ctrl-C (SIGINT) to ``tlkit train``, then the same command: it continues where it stopped."""
     data = make_dataset(tmp_path / "d", ("blue", "red"), per_class=8)
     command = [str(Path(sys.executable).parent / "tlkit"), "train", str(data),
-               *flags(tmp_path / "cache", epochs=40), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+               *flags(tmp_path / "cache", epochs=12), "--quiet"]
+    process = subprocess.Popen([sys.executable, "-c", AS_IN_A_TERMINAL, *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # until an epoch is checkpointed
@@ -122,6 +147,8 @@ def test_ctrl_c_then_the_same_command(tmp_path):
             if states and (json.loads(states[0].read_text() or "{}").get("current") or {}).get("epochs_done"):
                 break
             time.sleep(0.2)
+        else:
+            pytest.fail("no epoch was checkpointed in 240 s")
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=120)[0]
     finally:
@@ -129,10 +156,10 @@ def test_ctrl_c_then_the_same_command(tmp_path):
     assert process.returncode != 0, output  # stopped, not finished
     (run,) = Path("runs").iterdir()
     done = json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())["current"]["epochs_done"]
-    assert 1 <= done < 40 and not (run / "model.keras").exists()
-    again = CliRunner().invoke(main, ["train", str(data), *flags(tmp_path / "cache", epochs=40)],
+    assert 1 <= done < 12 and not (run / "model.keras").exists()
+    again = CliRunner().invoke(main, ["train", str(data), *flags(tmp_path / "cache", epochs=12)],
                                catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert f"resuming interrupted run {run} at phase 1 epoch {done + 1}" in again.output
     assert list(Path("runs").iterdir()) == [run]
-    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == [40]
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == [12]

@@ -18,6 +18,8 @@ from tlkit.runs import RUN_CHECKSUM
 
 from conftest import REPO, make_dataset
 
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
+
 RUN_FILES = ["model.keras", "classes.json", "config.json", "history.json", "metrics.json", "curves.png",
              "checksums.json"]
 

@@ -6,12 +6,16 @@ import json
 import math
 
 import pytest
+from click.testing import CliRunner
 
 import tlkit
 import tlkit.limits
 from tlkit.backbone import weights_identity
+from tlkit.cli import main
 from tlkit.config import SECTIONS, Config, load_config
 from tlkit.errors import OptionError
+
+pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
 
 ABSURD = [
     ({"fit": {"learning_rate": math.inf}}, "invalid learning_rate: inf; expected a number > 0 and <= 10"),
@@ -29,14 +33,12 @@ ABSURD = [
 ]
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("changes, message", ABSURD)
 def test_absurd_numbers_are_refused_by_the_library(changes, message):
     with pytest.raises(tlkit.TlkitError, match="^" + message.replace("(", r"\(").replace("+", r"\+")):
         Config().replace(**changes)
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("text, message", [
     ("[fit]\nlearning_rate = inf\n", "invalid learning_rate: inf"),
     ("[augment]\nrotation_range = inf\n", "invalid rotation_range: inf"),
@@ -51,14 +53,12 @@ def test_absurd_numbers_in_toml_files_are_refused(tmp_path, text, message):
         load_config(tmp_path / "c.toml")
 
 
-@pytest.mark.backend_independent
 def test_json_infinity_and_nan_are_refused(tmp_path):
     (tmp_path / "c.json").write_text('{"fit": {"learning_rate": Infinity}, "augment": {"shear_range": NaN}}')
     with pytest.raises(tlkit.TlkitError, match="invalid (learning_rate: inf|shear_range: nan)"):
         load_config(tmp_path / "c.json")
 
 
-@pytest.mark.backend_independent
 def test_every_numeric_field_has_a_range_shown_in_help():
     from click.testing import CliRunner
 
@@ -74,18 +74,25 @@ def test_every_numeric_field_has_a_range_shown_in_help():
     assert "[default: 0.001; 0<x<=10]" in text and "[default: 150; 32<=x<=1024]" in text
 
 
-@pytest.mark.backend_independent
-def test_settings_that_cannot_fit_in_memory_are_refused_before_anything_is_allocated(monkeypatch):
+def test_settings_that_cannot_fit_in_memory_are_refused_before_anything_is_allocated(tmp_path, monkeypatch):
     monkeypatch.setattr(tlkit.limits, "machine_memory", lambda: 2**30)  # a 1 GiB machine
-    assert Config().replace(data={"image_size": 224}, fit={"batch_size": 32})  # 0.02 GiB of input: fine
+    Config().replace(data={"image_size": 224}, fit={"batch_size": 32}).check_memory()  # 0.02 GiB of input: fine
+    big_batch = Config().replace(data={"image_size": 512}, fit={"batch_size": 1024})  # made and loaded: fine
     with pytest.raises(tlkit.TlkitError, match=r"more memory than this machine has \(1.0 GiB\): a batch of 1024 "
                                                r"images of 512x512 takes 3.0 GiB"):
-        Config().replace(data={"image_size": 512}, fit={"batch_size": 1024})
+        big_batch.check_memory()
+    big_head = Config().replace(data={"image_size": 256}, model={"head_units": 4096, "pooling": "flatten"})
     with pytest.raises(tlkit.TlkitError, match="a head of 4096 units on flatten features 2.0 GiB"):
-        Config().replace(data={"image_size": 256}, model={"head_units": 4096, "pooling": "flatten"})
+        big_head.check_memory()
+    # training and cross-validation refuse them before reading the data (there is none here)
+    for call in (tlkit.train, tlkit.cross_validate):
+        with pytest.raises(tlkit.TlkitError, match="more memory than this machine has"):
+            call(tmp_path / "no-such-data", big_head)
+    assert not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--image-size", "512", "--batch-size", "1024"])
+    assert result.exit_code == 1 and "more memory than this machine has" in result.output
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("name, text", [("c.json", '{"fit": {"epochs": 7}}'), ("c.toml", "[fit]\nepochs = 7\n")])
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, name, text):
     """Windows Notepad starts UTF-8 files with a BOM."""
@@ -93,7 +100,6 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, name, text):
     assert load_config(tmp_path / name).fit.epochs == 7
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("name, text", [("deep.json", "[" * 100_000 + "]" * 100_000),
                                         ("deep.toml", "x = " + "[" * 100_000 + "]" * 100_000)])
 def test_a_config_nested_too_deeply_is_a_one_line_error(tmp_path, name, text):
@@ -103,13 +109,11 @@ def test_a_config_nested_too_deeply_is_a_one_line_error(tmp_path, name, text):
     assert str(caught.value) == f"cannot parse config file {tmp_path / name}: it is nested too deeply to be a config"
 
 
-@pytest.mark.backend_independent
 def test_an_empty_cache_dir_is_refused(monkeypatch):
     with pytest.raises(OptionError, match="invalid cache_dir: ''"):
         Config().replace(runtime={"cache_dir": ""})
 
 
-@pytest.mark.backend_independent
 @pytest.mark.parametrize("home", ["", None])
 def test_without_a_home_the_cache_is_not_put_at_the_root(monkeypatch, home):
     monkeypatch.delenv("TLKIT_CACHE", raising=False)
@@ -121,7 +125,6 @@ def test_without_a_home_the_cache_is_not_put_at_the_root(monkeypatch, home):
     assert Config().runtime.cache_dir == tlkit.limits.fallback_cache_dir()
 
 
-@pytest.mark.backend_independent
 def test_a_relative_weights_path_is_recorded_resolved_with_the_same_identity(tmp_path, monkeypatch):
     (tmp_path / "w.weights.h5").write_bytes(b"weights")
     monkeypatch.chdir(tmp_path)

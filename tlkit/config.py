@@ -227,7 +227,9 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def __post_init__(self) -> None:
+    def check_memory(self) -> None:
+        """Refuse (:class:`TlkitError`) settings whose images and head alone would not fit in this machine's
+        memory: checked before training, not when a run trained elsewhere is loaded."""
         check_memory(self.data.image_size, self.fit.batch_size, self.model.head_units, self.model.pooling)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

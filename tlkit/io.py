@@ -30,7 +30,6 @@ import numpy as np
 
 from tlkit.errors import TlkitError
 from tlkit.outputs import DiskError, disk_error_number, disk_errors, json_text, refuse_to_replace
-from tlkit.outputs import require_parent  # noqa: F401 (tlkit.inference.prediction_file imports it from here)
 
 log = logging.getLogger("tlkit")
 
@@ -338,10 +337,10 @@ class RowFile:
 
     def close(self) -> None:
         """Close the file; a written file is flushed to disk first."""
-        if self.handle.mode != "rb":
-            with disk_errors(self.path):
-                os.fsync(self.handle.fileno())
-        self.handle.close()
+        with self.handle:  # closed even on a full disk: a deleted staging file then frees its space
+            if self.handle.mode != "rb":
+                with disk_errors(self.path):
+                    os.fsync(self.handle.fileno())
 
     def __enter__(self) -> RowFile:
         return self

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
 from tlkit.errors import TlkitError
 
@@ -25,13 +27,22 @@ log = logging.getLogger("tlkit")
 
 #: The lock file of a run folder, inside it.
 RUN_LOCK = ".tlkit.lock"
+#: Seconds an attempt to take a lock keeps trying while it is held (see :func:`_flock`).
+GRACE = 0.5
 
 
 class FolderLock:
-    """An exclusive lock held on ``path`` (a lock file) by this process, until :meth:`release`."""
+    """An exclusive lock held on ``path`` (a lock file) by this process, until :meth:`release` (or the end of
+    a ``with`` block)."""
 
     def __init__(self, path: Path, handle: int) -> None:
         self.path, self.handle = path, handle
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     @classmethod
     def try_acquire(cls, path: str | Path, wait: bool = False) -> FolderLock | None:
@@ -40,31 +51,40 @@ class FolderLock:
         The holder's record is written into the file once it is locked.
         """
         path = Path(path)
+        deadline = time.monotonic() + GRACE
         while True:
             handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(handle)
-                return None
+                locked = _flock(handle, wait, deadline)
             except BaseException:
                 os.close(handle)
                 raise
+            if not locked:
+                os.close(handle)
+                return None
             if _same_file(path, handle):
                 break
             os.close(handle)  # its holder removed that file as we locked it: lock the one there now
-        os.ftruncate(handle, 0)
-        os.write(handle, json.dumps(_this_process()).encode())
-        return cls(path, handle)
+        lock = cls(path, handle)
+        try:
+            os.ftruncate(handle, 0)
+            os.write(handle, json.dumps(_this_process()).encode())
+        except BaseException:  # a full disk: the lock is not kept, nor its handle
+            lock.release()
+            raise
+        return lock
 
     def release(self) -> None:
         """Remove the lock file (if it is still ours) and release the lock."""
         if self.handle < 0:
             return
-        if _same_file(self.path, self.handle):
-            self.path.unlink()
-        os.close(self.handle)
-        self.handle = -1
+        handle, self.handle = self.handle, -1
+        try:
+            with suppress(OSError):  # a lock file left behind blocks nobody (see the module docstring)
+                if _same_file(self.path, handle):
+                    self.path.unlink()
+        finally:
+            os.close(handle)
 
 
 def holder(path: str | Path) -> str:
@@ -97,7 +117,10 @@ def in_use(run_dir: str | Path) -> str:
 
 
 def run_in_use(run_dir: str | Path) -> bool:
-    """True while another process holds the run folder's lock (it is training, not interrupted)."""
+    """True while another process holds the run folder's lock (it is training, not interrupted).
+
+    It takes the lock (shared) for an instant: :func:`_flock` makes a real acquisition meeting it try again.
+    """
     path = Path(run_dir) / RUN_LOCK
     if not path.is_file():
         return False
@@ -127,6 +150,26 @@ def building_cache(folder: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _flock(handle: int, wait: bool, deadline: float) -> bool:
+    """Lock ``handle`` exclusively: ``True`` once locked, ``False`` if another process holds it past ``deadline``
+    (``wait``: wait for it however long).
+
+    A held lock is tried again until ``deadline`` because a process that only looks (:func:`run_in_use`) holds
+    it too, for the instant between two system calls: without the retry, a look could make a real acquisition
+    fail. A look that takes no lock would need another kind of lock (flock has no test: ``F_GETLK`` sees POSIX
+    record locks only, ``/proc/locks`` is Linux's alone), which would no longer exclude the processes of a tlkit
+    that takes flock's; the retry keeps the one lock every tlkit takes, and costs only a refusal's half second.
+    """
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def _same_file(path: Path, handle: int) -> bool:

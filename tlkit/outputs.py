@@ -127,6 +127,8 @@ def json_text(value: Any, path: str | Path) -> str:
         return json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError:
         key, number = _non_finite(value, "")
+        if number is None:  # another ValueError (a circular reference...): not a number's fault
+            raise
         raise TlkitError(f"not writing {path}: {key or 'its value'} is {number}, which JSON cannot hold "
                          "(a bug in tlkit: please report it)") from None
 

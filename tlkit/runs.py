@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,18 +138,12 @@ def save_run_model(model, run_dir: Path) -> None:
     atomic_write(run_dir / MODEL_FILE, write)
 
 
-def latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR, interrupted: bool = False) -> Path:
-    """The run under ``runs_dir`` whose model was saved last, or (``interrupted``) the unfinished run
-    whose checkpoint was written last.
+def latest_run(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
+    """The run under ``runs_dir`` whose model was saved last.
 
     Raises:
         TlkitError: If there is none.
     """
-    if interrupted:
-        found = interrupted_runs(runs_dir)
-        if not found:
-            raise TlkitError(f"no interrupted run under {runs_dir}/ to resume; give --run-dir")
-        return found[0]
     models = list(Path(runs_dir).glob(f"*/{MODEL_FILE}")) if Path(runs_dir).is_dir() else []
     if not models:
         raise TlkitError(f"no runs found under {runs_dir}/; train one first or give --run")
@@ -261,15 +256,16 @@ def _class_names(path: Path, record: dict) -> tuple[str, ...]:
     return tuple(names)
 
 
-def resolve_run(run: Run | str | Path | None) -> Run:
-    """A loaded run: as given, loaded from a folder, or (``None``) the latest under ``runs/``."""
+def resolve_run(run: Run | str | Path | None, load: Callable[[Path], Run] | None = None) -> Run:
+    """A loaded run: as given, loaded from its folder by ``load`` (default :func:`load_run`), or (``None``)
+    the latest under ``runs/``, named in a log line with its classes."""
     if isinstance(run, Run):
         return run
+    path = latest_run() if run is None else Path(run)
+    loaded = (load or load_run)(path)
     if run is None:
-        path = latest_run()
-        log.info("using the latest run: %s", path)
-        return load_run(path)
-    return load_run(run)
+        log.info("using run %s (classes: %s); give --run to choose", path, ", ".join(loaded.class_names))
+    return loaded
 
 
 def write_run(out: Path, model, config: Config, record: dict, phases: list[dict], metrics: dict) -> None:

@@ -25,6 +25,7 @@ import click
 from tlkit import config as cfg
 from tlkit.errors import OptionError, TlkitError
 from tlkit.limits import fallback_cache_dir, usable_home
+from tlkit.outputs import check_output
 
 #: Environment variable that makes every unexpected error print its traceback, as ``--debug`` does.
 DEBUG_ENV = "TLKIT_DEBUG"
@@ -62,8 +63,13 @@ def _image(path: str) -> None:
         raise TlkitError(f"no such image file: {path}")
 
 
+def _output(path: str | None) -> None:
+    if path is not None:
+        check_output(path)
+
+
 CHECKS: dict[str, Callable] = {"run": _run, "source_run": _source_run, "data": _data, "inputs": _inputs,
-                               "image": _image}
+                               "image": _image, "output": _output}
 
 
 def check_config(config_file: str | None, options: dict) -> cfg.Config:
@@ -80,12 +86,14 @@ def check_config(config_file: str | None, options: dict) -> cfg.Config:
             and not os.environ.get(cfg.CACHE_ENV)):
         raise OptionError("HOME is not set (or empty), so there is no default feature-cache folder: give "
                           f"--cache-dir or set {cfg.CACHE_ENV}")
+    config.check_memory()
     return config
 
 
-def early_checks(*, config: bool = False, **params: str):
+def early_checks(*, config: bool = False, **params: str) -> Callable[[Callable], Callable]:
     """Decorator checking a command's arguments before its work: each keyword names a parameter and what
-    it holds (``run``, ``source_run``, ``data``, ``inputs``, ``image``), checked in that order, then
+    it holds (``run``, ``source_run``, ``data``, ``inputs``, ``image``, ``output``: a file to write), checked in the
+    order given, then
     (``config``) the config file and flags. A positional run (``legacy_run``, the former form of
     ``--run``) is taken as ``--run`` with a deprecation notice."""
 
@@ -110,7 +118,7 @@ def early_checks(*, config: bool = False, **params: str):
     return decorate
 
 
-def legacy_run_argument(command):
+def legacy_run_argument(command: Callable) -> Callable:
     """Decorator: the run as an optional positional argument, the form ``--run`` replaces (see
     :func:`early_checks`)."""
     return click.argument("legacy_run", required=False, type=click.Path(), metavar="[RUN]")(command)
@@ -148,7 +156,11 @@ def quiet_matplotlib_config() -> None:
     folders = [Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config"),
                Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")]
     if not all(_writable(folder / "matplotlib") for folder in folders):
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="tlkit-matplotlib-")
+        folder = Path(tempfile.gettempdir()) / f"tlkit-matplotlib-{os.getuid()}"  # one per user, kept between runs
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.is_symlink() or folder.stat().st_uid != os.getuid():  # not ours: a private one for this run
+            folder = Path(tempfile.mkdtemp(prefix="tlkit-matplotlib-"))
+        os.environ["MPLCONFIGDIR"] = str(folder)
 
 
 def _writable(folder: Path) -> bool:

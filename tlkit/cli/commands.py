@@ -78,7 +78,7 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 
 
 @main.command()
-@early_checks(run_dir="run", paths="inputs")
+@early_checks(run_dir="run", paths="inputs", out="output")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @run_option
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
@@ -96,18 +96,12 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int, tta: int,
             out: str | None, overwrite: bool, quiet: bool) -> None:
     """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
-    import sys
-
-    from tlkit.errors import TlkitError
-
-    if out is None and sys.stdout is None:  # started with stdout closed (`>&-`): every line would be lost
-        raise TlkitError("standard output is closed, so predictions cannot be printed; open it, or give --out FILE")
     if overwrite and out is None:
         raise click.UsageError("--overwrite applies to the file of --out; give --out FILE")
+    if out is not None and as_json:
+        raise click.UsageError("--json prints predictions, --out writes them to a file: give one of them")
     start(quiet)
     if out is not None:
-        if as_json:
-            raise click.UsageError("--json prints predictions, --out writes them to a file: give one of them")
         from tlkit.inference.prediction_file import predict_to_file
 
         counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet, overwrite=overwrite)
@@ -132,7 +126,7 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
 
 
 @main.command()
-@early_checks(run_dir="run", data="data")
+@early_checks(run_dir="run", data="data", confusion_png="output")
 @click.argument("data", required=False, type=click.Path())
 @run_option
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
@@ -148,10 +142,6 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
              confusion_png: str | None, tta: int, quiet: bool) -> None:
     """Score a run on labelled images in DATA (default: the run's own data)."""
     start(quiet)
-    if confusion_png:
-        from tlkit.outputs import check_output
-
-        check_output(confusion_png)  # before the work
     from tlkit.inference.evaluate import evaluate as evaluate_run
 
     report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
@@ -213,7 +203,9 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
     result = cross_validate(data, build_config(config_file, options), folds, repeats,
                             verbose=0 if quiet or as_json else 1)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        from tlkit.outputs import json_text
+
+        click.echo(json_text(result.to_dict(), "the cross-validation's JSON"), nl=False)  # never NaN
         return
     click.echo(f"{data}: {result.images} train and validation images ({', '.join(result.class_names)}), "
                f"{folds} folds x {repeats} repeat(s)")
@@ -230,7 +222,7 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
 
 
 @main.command()
-@early_checks(run_dir="run")
+@early_checks(run_dir="run", out="output")
 @legacy_run_argument
 @run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
@@ -238,9 +230,6 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
               show_default=True, help="Factor of the exponential moving average drawn over the raw values.")
 def curves(run_dir: str | None, out: str, smoothing: float) -> None:
     """Draw a run's learning curves (default: the latest run under runs/), smoothed as you choose."""
-    from tlkit.outputs import check_output
-
-    check_output(out)  # before the work
     from tlkit.plots import plot_curves
     from tlkit.runs import read_history
 
@@ -249,7 +238,7 @@ def curves(run_dir: str | None, out: str, smoothing: float) -> None:
 
 
 @main.command()
-@early_checks(run_dir="run", image="image")
+@early_checks(run_dir="run", image="image", out="output")
 @click.argument("image", type=click.Path())
 @run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write: the heatmap over the image.")
@@ -260,9 +249,6 @@ def curves(run_dir: str | None, out: str, smoothing: float) -> None:
 def explain(image: str, run_dir: str | None, out: str, class_name: str | None, opacity: float, quiet: bool) -> None:
     """Grad-CAM: draw where in IMAGE the run's classifier sees the evidence for a class."""
     start(quiet)
-    from tlkit.outputs import check_output
-
-    check_output(out)  # before the work
     from tlkit.inference.explain import explain as explain_image, write_overlay
 
     explanation = explain_image(image, run_dir, class_name)
@@ -272,7 +258,7 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
 
 
 @main.command()
-@early_checks(run_dir="run", data="data")
+@early_checks(run_dir="run", data="data", out="output")
 @legacy_run_argument
 @run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
@@ -288,9 +274,6 @@ def report(*, run_dir: str | None, out: str, data: str | None, split: str | None
     """Write one self-contained HTML page about a run (default: the latest under runs/): settings, curves,
     metrics, confusion matrix, its worst mistakes with Grad-CAM, skipped files."""
     start(quiet)
-    from tlkit.outputs import check_output
-
-    check_output(out)  # before the work (write_report checks it too)
     from tlkit.report import write_report
 
     evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1)

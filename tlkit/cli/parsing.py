@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -31,14 +32,14 @@ class TlkitGroup(click.Group):
     """A click group whose errors are one ``Error:`` line: exit code 1 for tlkit's, 2 for bad usage, 1 for
     anything unexpected (its traceback in a log file; ``--debug`` prints it)."""
 
-    def main(self, *args, **kwargs):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         """Refuse to run with standard output closed: every command answers there."""
         if stdout_is_closed():
             sys.stderr.write("Error: standard output is closed; tlkit has nowhere to write its answer\n")
             sys.exit(1)
         return super().main(*args, **kwargs)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             quiet_matplotlib_config()
             return super().invoke(ctx)

@@ -25,7 +25,7 @@ from tlkit.data.scan import list_images
 from tlkit.errors import TlkitError
 from tlkit.io import CHECKSUMS
 from tlkit.model import class_probabilities
-from tlkit.runs import Run, checked_run, latest_run, load_run
+from tlkit.runs import Run, checked_run, load_run, resolve_run
 
 log = logging.getLogger("tlkit")
 
@@ -51,16 +51,17 @@ class Prediction:
 
 
 def prediction_run(run: Run | str | Path | None) -> Run:
-    """A loaded run: as given, or loaded from its folder (``None``: the latest under ``runs/``, named in a log
-    line with its classes). The folder loaded last is reused while its files are unchanged (checked against
-    its checksums each time), so repeated calls share one model.
+    """A loaded run, as :func:`tlkit.runs.resolve_run` gives it; the folder loaded last is reused while its
+    files are unchanged (checked against its checksums each time), so repeated calls share one model.
 
     Raises:
         TlkitError: If the folder is not a whole, unmodified run (see :func:`tlkit.runs.load_run`).
     """
-    if isinstance(run, Run):
-        return run
-    path = latest_run() if run is None else Path(run)
+    return resolve_run(run, _load_reusing_the_last)
+
+
+def _load_reusing_the_last(path: Path) -> Run:
+    """The run in ``path``: the one loaded last if it is the same folder with the same checksums."""
     try:
         key = (path.resolve(), hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest())
     except OSError:  # not a run: load_run says why
@@ -68,13 +69,11 @@ def prediction_run(run: Run | str | Path | None) -> Run:
     loaded = _loaded.get(key)
     if loaded is not None:
         checked_run(path)  # its files still match the checksums it was loaded with
-    else:
-        loaded = load_run(path)
-        _loaded.clear()
-        if key is not None:
-            _loaded[key] = loaded
-    if run is None:
-        log.info("using run %s (classes: %s); give --run to choose", path, ", ".join(loaded.class_names))
+        return loaded
+    loaded = load_run(path)
+    _loaded.clear()
+    if key is not None:
+        _loaded[key] = loaded
     return loaded
 
 

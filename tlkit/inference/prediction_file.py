@@ -31,8 +31,7 @@ from tlkit.config import PREDICT_BATCH
 from tlkit.data.scan import list_images
 from tlkit.errors import TlkitError
 from tlkit.inference.predict import iter_probabilities, prediction_run
-from tlkit.io import require_parent
-from tlkit.outputs import disk_errors, refuse_to_replace
+from tlkit.outputs import check_output, disk_errors
 from tlkit.runs import Run
 
 log = logging.getLogger("tlkit")
@@ -73,8 +72,7 @@ def predict_to_file(paths: list[str | Path], out: str | Path, run: Run | str | P
         TlkitError: On a bad path, run, ``tta`` or output (wrong suffix, missing folder, not a regular
             file, a file that is not tlkit results or holds another run's), before anything is written.
     """
-    out = require_parent(out)
-    refuse_to_replace(out)  # a symbolic link, a device, a named pipe...: before the run is loaded
+    out = check_output(out)  # a link, a device, a named pipe, a read-only folder...: before the run is loaded
     if out.suffix.lower() not in FORMATS:
         raise TlkitError(f"cannot write predictions to {out}: give a file ending in .csv or .jsonl")
     tta_views(tta)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -197,7 +198,8 @@ def _check_state(state: dict) -> None:
             _require("current.early_stopping.", state["current"]["early_stopping"], STOPPING_KEYS)
 
 
-def _require(where: str, part, keys: dict) -> None:
+def _require(where: str, part: Any, keys: dict[str, type | tuple[type, ...]]) -> None:
+    """Refuse a ``state.json`` whose part at ``where`` is not a dict holding ``keys`` of their types."""
     if not isinstance(part, dict):
         raise TlkitError(f"{STATE_FILE} holds a {type(part).__name__} as {where.rstrip('.')}")
     for key, kind in keys.items():

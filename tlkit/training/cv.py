@@ -112,6 +112,7 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     if repeats < 1:
         raise TlkitError(f"invalid repeats: {repeats!r}; expected an integer >= 1")
     config = config or Config()
+    config.check_memory()
     devices = resolve(one_machine(config.runtime.distribute))
     index = scan(data, config.data)
     require_classes(index)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from tlkit.backends.devices import Devices, all_or_none, resolve
 from tlkit.config import DEFAULT_RUNS_DIR, Config
 from tlkit.data.scan import DatasetIndex, require_classes, scan
 from tlkit.errors import TlkitError
-from tlkit.locks import FolderLock, in_use, lock_run, run_in_use
-from tlkit.runs import CHECKPOINT_DIR, MODEL_FILE, STATE_FILE, Run, interrupted_runs, latest_run, load_run, new_run_dir
+from tlkit.locks import RUN_LOCK, FolderLock, holder, in_use, lock_run, run_in_use
+from tlkit.runs import CHECKPOINT_DIR, MODEL_FILE, STATE_FILE, Run, interrupted_runs, load_run, new_run_dir
 from tlkit.training.checkpoint import CheckpointStore
 from tlkit.training.identity import RunIdentity, check_resume, difference
 from tlkit.training.phases import Diverged
@@ -45,7 +46,7 @@ class Job:
     keep_folder: bool = False  # the run folder existed (empty) before: on failure it is emptied, not removed
     skipped: dict[str, str] = field(default_factory=dict)
     lock: FolderLock | None = None  # this process's lock on the run folder
-    found: bool = False  # the run folder was chosen here (default folder or found under runs/), not given
+    again: bool = False  # the same command continues this run if it stops (no run_dir given, resume=None)
 
     def stopped(self, exc: BaseException, data: str | Path) -> None:
         """The job stopped: keep what can be resumed and say how, or remove a new run's folder."""
@@ -56,7 +57,7 @@ class Job:
                 discard(self.out, self.keep_folder)
         elif self.store.has_progress():
             where = " --distribute mirrored" if self.devices.processes > 1 else ""  # see MULTIWORKER_RESUME
-            same = "the same command continues them, as does " if self.found and not where else "continue with "
+            same = "the same command continues them, as does " if self.again and not where else "continue with "
             log.warning("training stopped (%s); the finished epochs are kept in %s: %s`tlkit train %s --run-dir %s "
                         "--resume%s`", type(exc).__name__, self.out, same, data, self.out, where)
         elif not self.resumed:
@@ -72,19 +73,20 @@ def prepare(data: str | Path, config: Config | None, run_dir: str | Path | None,
             resume: bool | None, changes: dict[str, dict]) -> Job:
     """Everything a run needs before its first fit; in a job of several processes, all go on or none does.
 
-    ``resume``: ``True`` continues the interrupted run in ``run_dir`` (default: the latest under ``runs/``);
-    ``None`` continues the latest interrupted run under ``runs/`` of the same data and settings, if any
-    (only without ``run_dir``), else starts a new run; ``False`` starts a new run.
+    ``resume``: ``True`` continues the interrupted run in ``run_dir`` (default: the latest under ``runs/`` that
+    no process is training); ``None`` continues the latest such run under ``runs/`` of the same data and settings,
+    if any (only without ``run_dir``), else starts a new run; ``False`` starts a new run.
     """
     if run_dir is not None and run_in_use(run_dir):
         raise TlkitError(in_use(run_dir))
+    again = resume is None and run_dir is None
     store, lock, candidates = None, None, []
-    if resume:
-        _refuse_multiworker((config or Config()).replace(**changes))  # before anything is read or removed
-        run_dir = run_dir or latest_run(interrupted=True)
-        if (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file() or (Path(run_dir) / MODEL_FILE).exists():
-            lock = lock_run(run_dir)  # before its checkpoint is read: no other process writes it meanwhile
-    try:
+    with ExitStack() as held:  # the lock taken here is released if the job is not prepared
+        if resume:
+            _refuse_multiworker((config or Config()).replace(**changes))  # before anything is read or removed
+            run_dir, lock = _resumable(run_dir)
+            if lock is not None:
+                held.enter_context(lock)
         if resume and not (Path(run_dir) / MODEL_FILE).exists():
             store = CheckpointStore.open(run_dir)
         config = (config or (store.config if store is not None else None) or Config()).replace(**changes)
@@ -100,12 +102,10 @@ def prepare(data: str | Path, config: Config | None, run_dir: str | Path | None,
         if from_run is not None and config.fit.mode != "finetune":
             raise TlkitError("--from is only for --mode finetune")
         job = _agreed(data, config, run_dir, from_run, store, candidates)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
+        held.pop_all()  # prepared: the job keeps the lock
     if lock is not None:
         job.lock = lock
+    job.again = again
     return job
 
 
@@ -136,13 +136,36 @@ def _refuse_multiworker(config: Config) -> None:
         raise TlkitError(MULTIWORKER_RESUME)
 
 
+def _resumable(run_dir: str | Path | None) -> tuple[Path, FolderLock | None]:
+    """The run folder a resume continues, locked before its checkpoint is read (no other process writes it
+    meanwhile): ``run_dir``, or the interrupted run under ``runs/`` checkpointed last that no process is training.
+
+    Raises:
+        TlkitError: If ``run_dir`` is in use, or without it, if no interrupted run is free.
+    """
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file() or (run_dir / MODEL_FILE).exists():
+            return run_dir, lock_run(run_dir)
+        return run_dir, None  # nothing to resume: a new run starts there
+    busy = []
+    for run in interrupted_runs(DEFAULT_RUNS_DIR):
+        lock = FolderLock.try_acquire(run / RUN_LOCK)
+        if lock is None:
+            busy.append(f"{run} is in use by {holder(run / RUN_LOCK)}")
+        elif (run / CHECKPOINT_DIR / STATE_FILE).is_file() and not (run / MODEL_FILE).exists():
+            return run, lock
+        else:
+            lock.release()  # it finished meanwhile
+    also = f" ({'; '.join(busy)})" if busy else ""
+    raise TlkitError(f"no interrupted run under {DEFAULT_RUNS_DIR}/ to resume{also}; give --run-dir")
+
+
 def _interrupted_here() -> list[tuple[Path, CheckpointStore]]:
-    """The interrupted runs under ``runs/`` that no process is training, newest first, with their checkpoints
-    (those whose checkpoint cannot be read are left alone)."""
+    """The interrupted runs under ``runs/``, newest first, with their checkpoints as read now, without their
+    locks (:func:`_take_same_run` reads the one it takes again); those that cannot be read are left alone."""
     found = []
     for run in interrupted_runs(DEFAULT_RUNS_DIR):
-        if run_in_use(run):
-            continue
         try:
             store = CheckpointStore.open(run)
         except TlkitError:
@@ -152,23 +175,47 @@ def _interrupted_here() -> list[tuple[Path, CheckpointStore]]:
     return found
 
 
-def _same_run(candidates: list[tuple[Path, CheckpointStore]], identity: RunIdentity,
-              config: Config) -> tuple[Path, CheckpointStore] | None:
-    """The newest interrupted run of the same data and settings, said so; or ``None``, naming those left."""
+def _take_same_run(candidates: list[tuple[Path, CheckpointStore]],
+                   identity: RunIdentity) -> tuple[Path, CheckpointStore, FolderLock] | None:
+    """The newest interrupted run of the same data and settings that no process is training, locked, with its
+    checkpoint read under the lock, said so; or ``None``, naming those left."""
     left = []
     for run, store in candidates:
         differs = difference(store.state, store.config, identity)
-        if differs is None:
-            state = store.state
-            current = state["current"]
-            phase, epoch = (current["phase"] + 1, current["epochs_done"] + 1) if current else (len(state["phases"]) + 1, 1)
-            log.info("resuming interrupted run %s at phase %d epoch %d (same data and settings); --new starts afresh",
-                     run, phase, epoch)
-            return run, store
-        left.append(f"{run} ({differs})")
+        if differs is not None:
+            if not run_in_use(run):  # one that another process trains is not interrupted
+                left.append(f"{run} ({differs})")
+            continue
+        lock = FolderLock.try_acquire(run / RUN_LOCK)
+        if lock is None:
+            left.append(f"{run} (in use by {holder(run / RUN_LOCK)})")
+            continue
+        store = _still_interrupted(run, identity)
+        if store is None:  # finished, or changed, since it was read: not this one
+            lock.release()
+            continue
+        state = store.state
+        current = state["current"]
+        phase, epoch = (current["phase"] + 1, current["epochs_done"] + 1) if current else (len(state["phases"]) + 1, 1)
+        log.info("resuming interrupted run %s at phase %d epoch %d (same data and settings); --new starts afresh",
+                 run, phase, epoch)
+        return run, store, lock
     if left:
         log.info("left interrupted run%s %s; starting a new run", "s" if len(left) > 1 else "", ", ".join(left))
     return None
+
+
+def _still_interrupted(run: Path, identity: RunIdentity) -> CheckpointStore | None:
+    """The checkpoint of ``run`` (whose lock this process holds) if it is still an interrupted run of ``identity``."""
+    if (run / MODEL_FILE).exists():
+        return None
+    try:
+        store = CheckpointStore.open(run)
+    except TlkitError:
+        return None
+    if store is None or difference(store.state, store.config, identity) is not None:
+        return None
+    return store
 
 
 def _open_run(data: str | Path, config: Config, run_dir: str | Path | None, from_run: str | Path | None,
@@ -187,37 +234,30 @@ def _open_run(data: str | Path, config: Config, run_dir: str | Path | None, from
         raise TlkitError(f"run {start.path} was trained on classes {', '.join(start.class_names)}, "
                          f"but {index.root} has {', '.join(index.class_names)}")
     identity = RunIdentity.of(data, index, config, from_run)  # a missing weights file fails before the folder is made
-    lock, found = None, run_dir is None
-    if store is None and candidates:
-        same = _same_run(candidates, identity, config)
-        if same is not None:
-            run_dir, store = same
-            lock = lock_run(run_dir)
-    keep_folder, resumed = False, store is not None
-    if resumed:
-        try:
+    lock = None
+    with ExitStack() as held:  # what is taken or made here is released or removed if the run cannot be opened
+        if store is None and candidates:
+            same = _take_same_run(candidates, identity)
+            if same is not None:
+                run_dir, store, lock = same
+                held.enter_context(lock)
+        keep_folder, resumed = False, store is not None
+        if resumed:
             config = check_resume(Path(run_dir), store.state, store.config, identity, config)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
-        out = Path(run_dir)
-    elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
-        out, store = None, CheckpointStore.create(None, identity, config)
-    else:
-        if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
-            raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, or choose another "
-                             "--run-dir")
-        keep_folder = run_dir is not None and Path(run_dir).is_dir()
-        out = new_run_dir(run_dir, config.fit.mode)
-        lock = lock_run(out)  # before anything is written: a second process is refused, and removes nothing
-        try:
+            out = Path(run_dir)
+        elif not devices.chief:  # process 0 writes the run and its checkpoints; the others write nothing
+            out, store = None, CheckpointStore.create(None, identity, config)
+        else:
+            if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
+                raise TlkitError(f"{run_dir} holds an interrupted run: add --resume to continue it, or choose another "
+                                 "--run-dir")
+            keep_folder = run_dir is not None and Path(run_dir).is_dir()
+            out = new_run_dir(run_dir, config.fit.mode)
+            lock = held.enter_context(lock_run(out))  # before anything is written: a second process is refused,
+            held.callback(discard, out, keep_folder)  # and removes nothing; ours is removed while still locked
             store = CheckpointStore.create(out, identity, config)
-        except BaseException:
-            lock.release()
-            discard(out, keep_folder)
-            raise
-    return Job(out, index, config, devices, store, identity, start, resumed, keep_folder, lock=lock, found=found)
+        held.pop_all()  # opened: the job keeps the lock and the folder
+    return Job(out, index, config, devices, store, identity, start, resumed, keep_folder, lock=lock)
 
 
 def _adopt(start: Run, config: Config) -> Config:

@@ -28,6 +28,7 @@ from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet
 from tlkit.model import build_head, compile_model, targets
 from tlkit.training.checkpoint import CheckpointStore, PhaseCheckpoint
+from tlkit.training.interrupt import CtrlC
 
 log = logging.getLogger("tlkit")
 
@@ -198,10 +199,11 @@ def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.
     guard = StopOnNonFinite(checkpoint.phase, phase.option, phase.learning_rate)
     # shuffle=False: Batches shuffles each epoch from (seed, epoch); Keras would reorder batches with the
     # global random state, which a resumed process does not share
-    checkpoint.fit_model.fit(batches(done), epochs=done if stopped else phase.epochs, initial_epoch=done,
-                             shuffle=False, validation_data=validation,
-                             callbacks=[guard, *early, *fitting.callbacks, checkpoint],
-                             verbose="auto" if fitting.verbose else 0)
+    with CtrlC() as ctrl_c:
+        checkpoint.fit_model.fit(batches(done), epochs=done if stopped else phase.epochs, initial_epoch=done,
+                                 shuffle=False, validation_data=validation,
+                                 callbacks=[guard, *early, *fitting.callbacks, checkpoint, ctrl_c],
+                                 verbose="auto" if fitting.verbose else 0)
     history = checkpoint.finish()
     _log_kept_epoch(checkpoint.phase, phase, history, fitting.config.fit.patience)
     return history
@@ -242,7 +244,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self._check((logs or {}).get("val_loss"))
 
-    def _check(self, value) -> None:
+    def _check(self, value: float | None) -> None:
         if value is not None and not math.isfinite(float(value)):
             raise Diverged(f"loss became {float(value)} at phase {self.phase + 1} epoch {self.epoch + 1}: lower "
                              f"{self.option} (it is {self.learning_rate:g}); training stopped and no run was saved")

@@ -86,6 +86,8 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         TlkitError: On bad data, options or runs, a resume whose data or settings changed, a run folder
             another process is writing, or a loss that became NaN or infinite (no run is then saved).
     """
+    if config is not None:
+        config.check_memory()
     job = prepare(data, config, run_dir, from_run, resume, changes or {})
     try:
         with precision_policy(job.config.runtime.precision), job.devices.scope():
