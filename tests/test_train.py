@@ -23,7 +23,8 @@ def test_features_mode_writes_a_whole_run(tmp_path, config):
     result = tlkit.train(data, config, run_dir=tmp_path / "run", verbose=0)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [  # the checkpoint is gone once the run is whole
-        "checksums.json", "classes.json", "config.json", "curves.png", "history.json", "metrics.json", "model.keras"]
+        "checksums.json", "classes.json", "config.json", "curves.png", "history.csv", "history.json", "metrics.json",
+        "model.keras"]
     assert json.loads((run / "classes.json").read_text()) == ["blue", "green", "red"]
     assert result.class_names == ("blue", "green", "red") and result.run_dir == run
     history = json.loads((run / "history.json").read_text())

@@ -5,9 +5,7 @@ A :class:`Config` holds five frozen sections: :class:`DataConfig` (which images,
 :class:`FitConfig` (how it is trained) and :class:`RuntimeConfig` (how the machine runs it). Each field's
 help text and choices live in its metadata; the CLI makes one flag per field from them. ``--config FILE``
 (JSON or TOML) and a run's own ``config.json`` load back through :func:`load_config`, including files of
-the earlier layout (sections ``data``, ``augment``, ``train``; run format 2).
-
-Importing this module imports no ML framework.
+the earlier layout (sections ``data``, ``augment``, ``train``; run format 2). It imports no ML framework.
 """
 
 from __future__ import annotations
@@ -48,6 +46,7 @@ TTA_SHIFT = 0.1
 CAM_OPACITY = 0.4
 #: The most confident mistakes ``tlkit evaluate`` lists.
 TOP_LOSSES = 10
+TOP_K = 5  #: Past this many classes, runs and evaluations also give top-5 accuracy (``top_5_accuracy``).
 #: Folds of ``tlkit cv``: each is held out once per repeat while a head trains on the others.
 CV_FOLDS = 5
 #: Times ``tlkit cv`` deals its folds, shuffled anew each time (1: plain K-fold).
@@ -148,6 +147,8 @@ class ModelConfig(_Section):
     head_units: int = option(256, help="Width of the dense hidden layer.", bounds=Bounds(1, 65536))
     dropout: float = option(0.5, help="Dropout rate before the output layer.",
                             bounds=Bounds(0, 1, high_open=True, text="a rate in [0, 1)"))
+    l2: float = option(0.0, help="L2 penalty factor on the head's dense kernels (0: none; the classic notes use "
+                                 "0.001).", bounds=Bounds(0, 1))
     unfreeze_from: str = option("block5_conv1", help="First VGG16 layer that finetune trains (it and all above).")
 
     def __post_init__(self) -> None:
@@ -173,6 +174,8 @@ class FitConfig(_Section):
     learning_rate: float = option(HEAD_LEARNING_RATE, help="Learning rate of the head.", bounds=LEARNING_RATE)
     finetune_learning_rate: float = option(FINETUNE_LEARNING_RATE, help="Learning rate once the base is unfrozen.",
                                            bounds=LEARNING_RATE)
+    label_smoothing: float = option(0.0, help="Label smoothing of the cross-entropy, as Keras defines it (0: none).",
+                                    bounds=FRACTION)
     patience: int = option(5, help="Epochs without a better val_loss before stopping; 0: never stop early.",
                            bounds=Bounds(0, 100000))
     class_weight: str = option("none", choices=CLASS_WEIGHTS, help="auto: weigh each class inversely to its "

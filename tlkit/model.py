@@ -20,7 +20,7 @@ from keras import ops
 
 from tlkit.backbone import IMAGENET_BGR_MEAN
 from tlkit.backends.devices import Devices, pad_rows, round_up
-from tlkit.config import PREDICT_BATCH, ModelConfig
+from tlkit.config import PREDICT_BATCH, TOP_K, ModelConfig
 
 HEAD_NAME = "head"
 #: The preprocessing layer's name inside a classifier.
@@ -60,12 +60,15 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, config: ModelCo
     pool = keras.layers.GlobalAveragePooling2D if config.pooling == "avg" else keras.layers.Flatten
     x = pool(name="pool")(inputs)
     x = keras.layers.Rescaling(FEATURE_SCALE, name="scale")(x)
-    x = keras.layers.Dense(config.head_units, activation="relu", name="hidden")(x)
+    penalty = keras.regularizers.L2(config.l2) if config.l2 else None
+    x = keras.layers.Dense(config.head_units, activation="relu", kernel_regularizer=penalty, name="hidden")(x)
     x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
     if is_binary(num_classes):
-        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", kernel_regularizer=penalty,
+                                     name="probability")(x)
     else:
-        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", kernel_regularizer=penalty,
+                                     name="probabilities")(x)
     return keras.Model(inputs, outputs, name=HEAD_NAME)
 
 
@@ -92,15 +95,34 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 
 def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float,
-                  weighted_accuracy: bool = False) -> None:
-    """Compile with the loss that fits the class count and an accuracy metric.
+                  weighted_accuracy: bool = False, label_smoothing: float = 0.0) -> None:
+    """Compile with the loss that fits the class count, accuracy, and top-5 accuracy past 5 classes.
 
-    ``weighted_accuracy``: weigh the accuracy by the sample weights too, as on several devices,
-    where padding rows weigh zero (see :mod:`tlkit.backends.devices`).
+    ``weighted_accuracy``: weigh the metrics by the sample weights too, as on several devices, where
+    padding rows weigh zero (see :mod:`tlkit.backends.devices`). ``label_smoothing``: as Keras's
+    cross-entropy losses define it (targets become ``y * (1 - s) + s / 2`` for the sigmoid unit,
+    ``y * (1 - s) + s / classes`` for softmax).
     """
-    loss = "binary_crossentropy" if is_binary(num_classes) else "sparse_categorical_crossentropy"
-    metrics = {"weighted_metrics" if weighted_accuracy else "metrics": ["accuracy"]}
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, **metrics)
+    metrics: list = ["accuracy"]
+    if num_classes > TOP_K:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=TOP_K, name="top_5_accuracy"))
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss_function(num_classes, label_smoothing),
+                  **{"weighted_metrics" if weighted_accuracy else "metrics": metrics})
+
+
+def loss_function(num_classes: int, label_smoothing: float = 0.0):
+    """Binary cross-entropy for the sigmoid unit, sparse categorical cross-entropy for softmax; with
+    ``label_smoothing``, Keras's categorical cross-entropy on one-hot targets (its sparse loss has none)."""
+    if is_binary(num_classes):
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+
+    def smoothed_sparse_categorical_crossentropy(y_true, y_pred):  # per row: Keras weighs and averages the rows
+        one_hot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=label_smoothing)
+
+    return smoothed_sparse_categorical_crossentropy
 
 
 def targets(labels, num_classes: int):

@@ -140,6 +140,8 @@ def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
              (" + ".join(map(str, epochs)), "epochs run (per phase)"),
              (f"phase {best['best_phase_number']} epoch {best['best_phase_epoch']}",
               f"best epoch ({best['best_epoch']} overall, in {escape(best['best_phase'])})")]
+    if evaluation.top_5_accuracy is not None:
+        cards.insert(1, (f"{evaluation.top_5_accuracy:.4f}", "top-5 accuracy"))
     body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
                    for value, label in cards)
     return f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>'

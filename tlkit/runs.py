@@ -6,6 +6,7 @@ A run folder holds::
     classes.json    class names, in label order
     config.json     the config sections (reusable with --config) and a provenance record
     history.json    per-epoch loss/accuracy, train and validation, of every phase
+    history.csv     the same, one row per epoch (Keras CSVLogger's columns, with the phase added)
     metrics.json    final and best validation figures, test figures, split sizes, skipped files
     curves.png      training vs validation accuracy and loss per epoch
     checksums.json  size and SHA-256 of each file above: a damaged or modified run is refused
@@ -17,6 +18,7 @@ Runs of format 2 (config sections ``data``/``augment``/``train``) load as well a
 
 from __future__ import annotations
 
+import csv
 import itertools
 import logging
 from collections.abc import Callable
@@ -45,6 +47,7 @@ STATE_FILE = "state.json"
 CLASSES_FILE = "classes.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
+HISTORY_CSV = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 #: Runs are checked against changes, not only damage: SHA-256.
@@ -295,6 +298,23 @@ def write_run(out: Path, model, config: Config, record: dict, phases: list[dict]
     write_json(out / CLASSES_FILE, list(provenance["class_names"]))
     write_json(out / CONFIG_FILE, {**config.to_dict(), "provenance": provenance})
     write_json(out / HISTORY_FILE, phases)
+    atomic_write(out / HISTORY_CSV, lambda temporary: write_history_csv(phases, temporary))
     write_json(out / METRICS_FILE, metrics)
     plot_curves(phases, out / CURVES_FILE)
     save_run_model(model, out)
+
+
+def write_history_csv(phases: list[dict], path: str | Path) -> None:
+    """Every epoch of every phase as a CSV row, as Keras's ``CSVLogger`` writes them (``epoch`` counted
+    from 0 across phases, then the logs in sorted order), with ``phase`` and ``phase_epoch`` (from 1)."""
+    keys = sorted({key for phase in phases for key in phase["history"]})
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "phase", "phase_epoch", *keys])
+        epoch = 0
+        for phase in phases:
+            logs = phase["history"]
+            for index in range(len(logs["loss"])):
+                writer.writerow([epoch, phase["name"], index + 1, *(logs[key][index] if key in logs else ""
+                                                                        for key in keys)])
+                epoch += 1

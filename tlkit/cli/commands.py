@@ -55,9 +55,11 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
 @click.option("--new", "fresh", is_flag=True,
               help="Start a new run even if runs/ holds an interrupted run of the same data and settings (which "
                    "the same command otherwise continues).")
+@click.option("--tensorboard", type=click.Path(file_okay=False),
+              help="Write TensorBoard logs here (a subfolder per phase: losses, accuracy, learning rate).")
 @quiet_option
 def train(data: str, config_file: str | None, run_dir: str | None, from_run: str | None, resume: bool,
-          quiet: bool, *, fresh: bool, **options) -> None:
+          quiet: bool, *, fresh: bool, tensorboard: str | None, **options) -> None:
     """Train a classifier on DATA and save the run (every epoch is checkpointed: rerun the same command, or see
     --resume)."""
     if resume and fresh:
@@ -69,10 +71,12 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
     config = cfg.load_config(config_file) if config_file else None if resume else cfg.Config()
     # neither flag: an interrupted run under runs/ of the same data and settings is continued
     result = train_model(data, config, run_dir=run_dir, from_run=from_run, verbose=0 if quiet else 1,
-                         resume=True if resume else False if fresh else None, changes=given_options(options))
+                         resume=True if resume else False if fresh else None, changes=given_options(options),
+                         tensorboard=tensorboard)
     metrics = result.metrics
     click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
-    click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
+    top_5 = f"  val_top_5_accuracy: {metrics['val_top_5_accuracy']:.4f}" if "val_top_5_accuracy" in metrics else ""
+    click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}{top_5}")
     if "test_accuracy" in metrics:
         click.echo(f"test_accuracy: {metrics['test_accuracy']:.4f}  test_loss: {metrics['test_loss']:.4f}")
 
@@ -157,7 +161,8 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
         return
     views = f", {report.tta} views each" if report.tta > 1 else ""
     click.echo(f"{report.data} [{report.split}]: {report.count} images{views}")
-    click.echo(f"loss: {report.loss:.4f}  accuracy: {report.accuracy:.4f}")
+    top_5 = "" if report.top_5_accuracy is None else f"  top-5 accuracy: {report.top_5_accuracy:.4f}"
+    click.echo(f"loss: {report.loss:.4f}  accuracy: {report.accuracy:.4f}{top_5}")
     width = max(len(name) for name in [*report.per_class, "weighted avg"])
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
     rows = [*report.per_class.items(), ("macro avg", {**report.macro_avg, "support": report.count}),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.augment import tta_views
-from tlkit.config import PREDICT_BATCH, TOP_LOSSES
+from tlkit.config import PREDICT_BATCH, TOP_K, TOP_LOSSES
 from tlkit.data.scan import SPLIT_NAMES, scan
 from tlkit.errors import TlkitError
 from tlkit.inference.predict import iter_probabilities
@@ -40,6 +40,7 @@ class Evaluation:
         weighted_avg: The same weighed by support.
         top_losses: The most confident mistakes (:func:`top_losses`).
         skipped: The paths left out: entries the scan rejected, and files that could not be decoded.
+        top_5_accuracy: Past 5 classes, the fraction of images whose class is among the 5 most probable.
     """
 
     data: str
@@ -56,6 +57,7 @@ class Evaluation:
     weighted_avg: dict[str, float]
     top_losses: list[dict]
     skipped: list[str]
+    top_5_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
@@ -72,7 +74,8 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
 
     Returns:
         ``{"count", "loss", "accuracy", "confusion_matrix", "confusion_matrix_normalized",
-        "per_class": {name: {precision, recall, f1, support}}, "macro_avg", "weighted_avg"}``.
+        "per_class": {name: {precision, recall, f1, support}}, "macro_avg", "weighted_avg"}``, and
+        ``"top_5_accuracy"`` past 5 classes.
         The confusion matrix's rows are true classes, its columns predicted ones; the normalised
         one divides each row by its total (a class with no images keeps a row of zeros). The macro
         average weighs every class alike, the weighted one by support.
@@ -97,10 +100,15 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     for name, weights in (("macro_avg", np.ones(len(class_names))), ("weighted_avg", supports)):
         averages[name] = {metric: float(np.average([row[metric] for row in per_class.values()], weights=weights))
                           if weights.sum() else 0.0 for metric in ("precision", "recall", "f1")}
+    top_k = {}
+    if len(class_names) > TOP_K:  # ranks of the true class: how many classes are more probable
+        ranks = (probabilities > probabilities[np.arange(len(labels)), labels][:, None]).sum(axis=1)
+        top_k = {"top_5_accuracy": float((ranks < TOP_K).mean())}
     return {
         "count": int(len(labels)),
         "loss": float(-np.log(true_probability).mean()),
         "accuracy": float((predicted == labels).mean()),
+        **top_k,
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_normalized": normalized.tolist(),
         "per_class": per_class,

@@ -178,7 +178,8 @@ class _FoldHead:
     def __init__(self, feature_shape: tuple[int, ...], classes: int, config: Config) -> None:
         self.feature_shape, self.classes, self.config = feature_shape, classes, config
         self.model = build_head(feature_shape, classes, config.model, config.data.seed)
-        compile_model(self.model, classes, config.fit.optimizer, config.fit.learning_rate)
+        compile_model(self.model, classes, config.fit.optimizer, config.fit.learning_rate,
+                      label_smoothing=config.fit.label_smoothing)
         self.model.optimizer.build(self.model.trainable_variables)
         self.fresh_optimizer = [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables]
 

@@ -11,10 +11,12 @@ Every phase is fitted by :func:`fit_phase`: checkpointed after each epoch, resto
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -94,6 +96,7 @@ class Fitting:
         callbacks: The caller's Keras callbacks, given to every ``fit``.
         verbose: 0 silent, 1 progress bars.
         phases: How many phases the training has.
+        tensorboard: The folder of TensorBoard logs, if asked for (a subfolder per phase).
     """
 
     config: Config
@@ -103,6 +106,7 @@ class Fitting:
     callbacks: list
     verbose: int
     phases: int = 1
+    tensorboard: Path | None = None
 
 
 def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) -> tuple[keras.Model, dict]:
@@ -114,7 +118,8 @@ def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) 
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
     head = build_head(x_train.shape[1:], classes, config.model, config.data.seed)
     fit_model = trainer(head)
-    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
+    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1,
+                  label_smoothing=config.fit.label_smoothing)
     weights = row_weights(y_train, classes, config.fit.class_weight)
 
     def batches(epoch: int):
@@ -154,7 +159,8 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
         def batches(epoch: int):
             return sharded(AugmentedBatches(train.images, labels, config.fit.batch_size, config.augment, seed=seed,
                                             epoch=epoch, weights=weights), devices)
-    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1)
+    compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1,
+                  label_smoothing=config.fit.label_smoothing)
     validation = sharded(Batches(val.images, targets(val.labels, classes), config.fit.batch_size), devices,
                          whole_epoch=True)
     checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, model, config.fit.patience)
@@ -195,14 +201,17 @@ def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.
         return history
     log.info("phase %d/%d: %s", checkpoint.phase + 1, fitting.phases, phase.describe())
     done, stopped = checkpoint.restore()
-    early = [checkpoint.stopping] if checkpoint.stopping else []
+    own = [checkpoint.stopping] if checkpoint.stopping else []
+    if fitting.tensorboard is not None:  # a resumed phase logs on from its first unfinished epoch
+        logs = fitting.tensorboard / f"{checkpoint.phase + 1}-{phase.name.replace(' (', '-').rstrip(')')}"
+        own.append(keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False))
     guard = StopOnNonFinite(checkpoint.phase, phase.option, phase.learning_rate)
     # shuffle=False: Batches shuffles each epoch from (seed, epoch); Keras would reorder batches with the
     # global random state, which a resumed process does not share
     with CtrlC() as ctrl_c:
         checkpoint.fit_model.fit(batches(done), epochs=done if stopped else phase.epochs, initial_epoch=done,
                                  shuffle=False, validation_data=validation,
-                                 callbacks=[guard, *early, *fitting.callbacks, checkpoint, ctrl_c],
+                                 callbacks=[guard, *own, *fitting.callbacks, checkpoint, ctrl_c],
                                  verbose="auto" if fitting.verbose else 0)
     history = checkpoint.finish()
     _log_kept_epoch(checkpoint.phase, phase, history, fitting.config.fit.patience)
@@ -220,6 +229,17 @@ def _log_kept_epoch(number: int, phase: Phase, history: dict, patience: int) -> 
                  patience, kept)
     else:
         log.info("phase %d ran its %d epochs; %s, the lowest val_loss", number + 1, run, kept)
+
+
+def check_tensorboard(folder: str | Path) -> None:
+    """Refuse, before any work, a TensorBoard folder that cannot be one, or TensorBoard logs without
+    TensorFlow and the ``tensorboard`` package (Keras writes them through ``tf.summary``)."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise TlkitError(f"--tensorboard {folder}: exists and is not a folder")
+    missing = [name for name in ("tensorflow", "tensorboard") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TlkitError(f"--tensorboard needs {' and '.join(missing)} installed (Keras writes TensorBoard logs "
+                         f"through tf.summary, whatever the backend): pip install {' '.join(missing)}")
 
 
 class Diverged(TlkitError):

@@ -26,7 +26,7 @@ from tlkit.inference.evaluate import classification_metrics
 from tlkit.model import build_classifier, build_head, class_probabilities, precision_policy
 from tlkit.runs import best_epoch, write_run
 from tlkit.training.job import Job, prepare
-from tlkit.training.phases import Fitting, class_weights, fit_classifier, fit_head, phases_for
+from tlkit.training.phases import Fitting, check_tensorboard, class_weights, fit_classifier, fit_head, phases_for
 
 log = logging.getLogger("tlkit")
 
@@ -56,7 +56,7 @@ class TrainResult:
 def train(data: str | Path, config: Config | None = None, run_dir: str | Path | None = None,
           from_run: str | Path | None = None, *, verbose: int = 1,
           callbacks: list[keras.callbacks.Callback] | None = None, resume: bool | None = False,
-          changes: dict[str, dict] | None = None) -> TrainResult:
+          changes: dict[str, dict] | None = None, tensorboard: str | Path | None = None) -> TrainResult:
     """Train a VGG16 transfer-learning classifier on a folder dataset and save the run.
 
     Every finished epoch is checkpointed in the run folder; a run that was stopped (killed,
@@ -70,7 +70,7 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
         run_dir: Folder to write the run into (must be new or empty); default ``runs/<time>-<mode>``.
         from_run: For ``finetune``: an earlier run whose model replaces the head warm-up.
         verbose: 0 silent, 1 progress bars.
-        callbacks: Extra Keras callbacks, given to every phase's ``fit`` (e.g. TensorBoard).
+        callbacks: Extra Keras callbacks, given to every phase's ``fit``.
         resume: ``True``: continue the interrupted run in ``run_dir`` (default: the latest under
             ``runs/``); a ``run_dir`` with nothing to resume starts a new run there. ``None`` (the
             command line's default): without ``run_dir``, continue the latest interrupted run under
@@ -78,6 +78,9 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
             ``False``: a new run.
         changes: Options by section (``{"runtime": {"workers": 4}}``) applied over ``config`` (or,
             resuming without one, over the run's own settings).
+        tensorboard: A folder for TensorBoard logs (Keras's ``TensorBoard`` callback, which needs
+            TensorFlow installed): one subfolder per phase, ``<number>-<phase>``, with the losses,
+            metrics and learning rate of each epoch.
 
     Returns:
         A :class:`TrainResult`.
@@ -88,10 +91,12 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     """
     if config is not None:
         config.check_memory()
+    if tensorboard is not None:
+        check_tensorboard(tensorboard)
     job = prepare(data, config, run_dir, from_run, resume, changes or {})
     try:
         with precision_policy(job.config.runtime.precision), job.devices.scope():
-            result = _fit_score_write(job, verbose, list(callbacks or []))
+            result = _fit_score_write(job, verbose, list(callbacks or []), tensorboard)
     except BaseException as exc:
         job.stopped(exc, data)
         raise
@@ -102,12 +107,13 @@ def train(data: str | Path, config: Config | None = None, run_dir: str | Path | 
     return result
 
 
-def _fit_score_write(job: Job, verbose: int, callbacks: list) -> TrainResult:
+def _fit_score_write(job: Job, verbose: int, callbacks: list, tensorboard: str | Path | None) -> TrainResult:
     """Fit the phases of the mode, score the kept weights, write the run (in process 0)."""
     config, index = job.config, job.index
     keras.utils.set_random_seed(config.data.seed)
     planned = phases_for(config, job.start is not None)
-    fitting = Fitting(config, len(index.class_names), job.devices, job.store, callbacks, verbose, len(planned))
+    fitting = Fitting(config, len(index.class_names), job.devices, job.store, callbacks, verbose, len(planned),
+                      Path(tensorboard) if tensorboard is not None and job.devices.chief else None)
     job.skipped.update(index.skipped)  # symlink loops and other entries the scan rejected
     model = job.start.model if job.start is not None else None
     features: FeatureSet | None = None
@@ -170,6 +176,8 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
             report = classification_metrics(class_probabilities(model, inputs, config.fit.batch_size, job.devices),
                                             labels, index.class_names)
             metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = report["loss"], report["accuracy"]
+            if "top_5_accuracy" in report:
+                metrics[f"{name}_top_5_accuracy"] = report["top_5_accuracy"]
     last = phases[-1]["history"]
     best = best_epoch(phases)
     metrics.update({
