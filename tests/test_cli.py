@@ -135,3 +135,17 @@ def test_a_reader_that_leaves_early_ends_predict_quietly(tmp_path, data):
     errors = process.stderr.read().decode()
     assert process.wait(timeout=300) == 1
     assert "Traceback" not in errors and not any(line.startswith("Error:") for line in errors.splitlines()), errors
+
+
+def test_progress_bars_go_to_stderr_and_stdout_keeps_the_results(tmp_path, data):
+    """Keras prints its progress bars to stdout; tlkit sends them to stderr, so that ``> file`` keeps results only."""
+    flags = [f for f in FAST if f != "--quiet"]
+    trained = invoke("train", data, "--mode", "frozen", "--epochs", "1", *flags, "--run-dir", tmp_path / "run",
+                     "--cache-dir", tmp_path / "c")
+    assert trained.exit_code == 0, trained.output
+    assert "/step - accuracy: " in trained.stderr  # the fit's bar, on stderr
+    assert trained.stdout.startswith(f"run: {tmp_path / 'run'}\nval_accuracy: ") and trained.stdout.count("\n") == 2
+    evaluated = invoke("evaluate", data, "--run", tmp_path / "run")
+    assert "image" in evaluated.stderr  # the decode-and-predict bar
+    assert evaluated.stdout.startswith(f"{data} [all]: 10 images\nloss: ")
+    assert "\x1b[" not in evaluated.stdout and "━" not in evaluated.stdout

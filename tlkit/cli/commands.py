@@ -14,7 +14,7 @@ import click
 from tlkit import config as cfg
 from tlkit.cli.checks import early_checks, legacy_run_argument
 from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, config_options, debug_option,
-                               given_options, quiet_option, run_option, start, tta_option)
+                               given_options, progress_to_stderr, quiet_option, run_option, start, tta_option)
 
 EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision", "distribute")
 
@@ -37,7 +37,8 @@ def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
     start(quiet)
     from tlkit.features import extract as extract_features
 
-    features = extract_features(data, build_config(config_file, options), verbose=0 if quiet else 1)
+    with progress_to_stderr():
+        features = extract_features(data, build_config(config_file, options), verbose=0 if quiet else 1)
     state = "reused" if features.reused else "written"
     click.echo(f"features {state}: {features.path} ({len(features.skipped)} file(s) skipped)")
 
@@ -70,9 +71,10 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
     # resuming without a config file: the run's own settings, the flags given now over them (they must agree)
     config = cfg.load_config(config_file) if config_file else None if resume else cfg.Config()
     # neither flag: an interrupted run under runs/ of the same data and settings is continued
-    result = train_model(data, config, run_dir=run_dir, from_run=from_run, verbose=0 if quiet else 1,
-                         resume=True if resume else False if fresh else None, changes=given_options(options),
-                         tensorboard=tensorboard)
+    with progress_to_stderr():
+        result = train_model(data, config, run_dir=run_dir, from_run=from_run, verbose=0 if quiet else 1,
+                             resume=True if resume else False if fresh else None, changes=given_options(options),
+                             tensorboard=tensorboard)
     metrics = result.metrics
     click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
     top_5 = f"  val_top_5_accuracy: {metrics['val_top_5_accuracy']:.4f}" if "val_top_5_accuracy" in metrics else ""
@@ -108,7 +110,9 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
     if out is not None:
         from tlkit.inference.prediction_file import predict_to_file
 
-        counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet, overwrite=overwrite)
+        with progress_to_stderr():
+            counts = predict_to_file(list(paths), out, run_dir, batch_size, tta, progress=not quiet,
+                                     overwrite=overwrite)
         click.echo(f"{out}: {counts['predicted']} image(s) predicted, {counts['unreadable']} unreadable, "
                    f"{counts['already']} already there")
         return
@@ -148,7 +152,8 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
     start(quiet)
     from tlkit.inference.evaluate import evaluate as evaluate_run
 
-    report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
+    with progress_to_stderr():
+        report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
     if confusion_png:
         from tlkit.plots import plot_confusion
 
@@ -205,8 +210,9 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
     start(quiet)
     from tlkit.training.cv import cross_validate
 
-    result = cross_validate(data, build_config(config_file, options), folds, repeats,
-                            verbose=0 if quiet or as_json else 1)
+    with progress_to_stderr():
+        result = cross_validate(data, build_config(config_file, options), folds, repeats,
+                                verbose=0 if quiet or as_json else 1)
     if as_json:
         from tlkit.outputs import json_text
 
@@ -281,7 +287,8 @@ def report(*, run_dir: str | None, out: str, data: str | None, split: str | None
     start(quiet)
     from tlkit.report import write_report
 
-    evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1)
+    with progress_to_stderr():
+        evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1)
     click.echo(f"report: {out} (accuracy {evaluation.accuracy:.4f} on {evaluation.count} images, "
                f"{len(evaluation.top_losses)} mistake(s) shown)")
 

@@ -7,6 +7,7 @@ defaults < ``--config FILE`` < flags given on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -118,6 +119,12 @@ def start(quiet: bool) -> None:
 
     load_quietly()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
+
+
+def progress_to_stderr() -> contextlib.AbstractContextManager:
+    """While a command works: Keras's progress bars, which it prints to stdout, go to stderr with tlkit's
+    log lines, so that stdout holds only the command's results (``tlkit evaluate > eval.txt``)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 #: Where ``--debug`` is noted for the group's error handler.
