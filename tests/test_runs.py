@@ -20,8 +20,8 @@ from conftest import REPO, make_dataset
 
 pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
 
-RUN_FILES = ["model.keras", "classes.json", "config.json", "history.json", "metrics.json", "curves.png",
-             "checksums.json"]
+RUN_FILES = ["model.keras", "classes.json", "config.json", "history.json", "history.csv", "metrics.json",
+             "curves.png", "checksums.json"]
 
 
 @pytest.fixture(scope="module")

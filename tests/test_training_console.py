@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -193,9 +194,14 @@ def test_a_mixed_precision_run_loads_without_optimizer_warnings(tmp_path, config
     for mode in ("features", "frozen"):
         tlkit.train(data, config.replace(train={"precision": "mixed_float16", "mode": mode, "epochs": 1}),
                     run_dir=tmp_path / mode, verbose=0)
+        with zipfile.ZipFile(tmp_path / mode / "model.keras") as archive:
+            saved = json.loads(archive.read("config.json"))
+        assert not (saved.get("compile_config") or {}).get("optimizer")  # no optimizer state was saved
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            tlkit.load_run(tmp_path / mode)
+            loaded = tlkit.load_run(tmp_path / mode)
+        assert loaded.class_names == ("blue", "green", "red")
+        assert loaded.model.layers[-1].get_layer("probabilities").dtype_policy.name == "float32"
 
 
 @pytest.fixture
