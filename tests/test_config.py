@@ -36,7 +36,8 @@ def test_json_and_toml_files_set_options(tmp_path):
     ({"train": {"mode": "magic"}}, "invalid mode"),
     ({"data": {"image_size": 0}}, "invalid image_size"),
     ({"train": {"epocs": 3}}, "unknown option 'epocs'"),
-    ({"data": {"epocs": 3}}, "known: image_size, val_split, test_split, seed, workers, cache_dir$"),  # in order
+    ({"data": {"epocs": 3}}, "known: image_size, val_split, test_split, labels, label_separator, label_columns, seed, "
+                             "workers, cache_dir$"),  # in order
     ({"network": {}}, "unknown config section 'network'"),
     ({"model": {"epochs": 3}}, "unknown option 'epochs' in config section 'model'"),  # fit's, not model's
     ({"runtime": {"mode": "frozen"}}, "unknown option 'mode'"),

@@ -18,6 +18,7 @@ from conftest import make_dataset
 QUICK_LEARNER = {"epochs": 20, "learning_rate": 3e-2, "optimizer": "adam", "dropout": 0.0}
 
 
+@pytest.mark.backend_independent
 def test_folds_are_stratified_disjoint_and_drawn_from_the_seed_and_repeat():
     labels = np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [7, 5, 11]))
     first = stratified_folds(labels, 4, seed=1337, repeat=0)
@@ -77,6 +78,7 @@ def test_it_learns_colours_but_not_shuffled_labels(tmp_path, config):
     assert cross_validate(shuffled, settings, folds=2).mean_accuracy <= 0.7
 
 
+@pytest.mark.backend_independent
 def test_held_out_images_are_never_trained_on(tmp_path, config):
     """Random labels on images distinct enough to memorise: the heads learn their training folds by
     heart, yet score about chance on the held-out ones. A head that trained on (or was scored on) the
@@ -92,6 +94,7 @@ def test_held_out_images_are_never_trained_on(tmp_path, config):
     assert result.mean_accuracy <= 0.75
 
 
+@pytest.mark.backend_independent
 def test_features_are_extracted_once_and_then_reused(tmp_path, config, monkeypatch, caplog):
     looked_up, built = [], []
     monkeypatch.setattr(tlkit.training.cv, "extract", lambda *a: looked_up.append(a) or extract(*a))
@@ -108,6 +111,7 @@ def test_features_are_extracted_once_and_then_reused(tmp_path, config, monkeypat
     assert [f["val_loss"] for f in second.fold_results] == pytest.approx([f["val_loss"] for f in first.fold_results])
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("folds, repeats, message", [
     (1, 1, "invalid folds: 1; expected an integer >= 2"),
     (2, 0, "invalid repeats: 0; expected an integer >= 1"),
@@ -121,6 +125,7 @@ def test_bad_folds_are_refused(tmp_path, config, folds, repeats, message):
         cross_validate(data, config, folds=folds, repeats=repeats)
 
 
+@pytest.mark.backend_independent
 def test_one_class_is_refused(tmp_path, config):
     with pytest.raises(tlkit.TlkitError, match="at least 2"):
         cross_validate(make_dataset(tmp_path / "d", ("red",), per_class=4), config, folds=2)

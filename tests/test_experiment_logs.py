@@ -41,7 +41,8 @@ def test_finetune_writes_history_csv_and_tensorboard_logs_per_phase(tmp_path):
     history = json.loads((run / "history.json").read_text())
     with open(run / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["epoch", "phase", "phase_epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert list(rows[0]) == ["epoch", "phase", "phase_epoch", "accuracy", "learning_rate", "loss", "val_accuracy",
+                             "val_loss"]
     assert [(row["epoch"], row["phase"], row["phase_epoch"]) for row in rows] == [
         ("0", "warmup (features)", "1"), ("1", "warmup (features)", "2"), ("2", "warmup (features)", "3"),
         ("3", "finetune", "1"), ("4", "finetune", "2")]

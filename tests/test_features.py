@@ -32,6 +32,7 @@ def test_cache_is_reused_across_splits(tmp_path, config):
     assert extract(data, config.replace(data={"seed": 99}), verbose=0).path != first.path
 
 
+@pytest.mark.backend_independent
 def test_cache_is_found_however_the_folder_is_spelled(tmp_path, config, monkeypatch):
     data = make_dataset(tmp_path / "d", per_class=4)
     (data / "red" / "broken.jpg").write_bytes(b"junk")
@@ -44,6 +45,7 @@ def test_cache_is_found_however_the_folder_is_spelled(tmp_path, config, monkeypa
     assert len(x) == len(files) and str(data.resolve() / "red" / "broken.jpg") not in map(str, files)
 
 
+@pytest.mark.backend_independent
 def test_changed_inputs_recompute(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=4)
     first = extract(data, config, verbose=0)
@@ -58,6 +60,7 @@ def test_changed_inputs_recompute(tmp_path, config):
     assert not extract(data, config, verbose=0).reused
 
 
+@pytest.mark.backend_independent
 def test_weights_file_identity_is_its_content(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
     import keras
@@ -74,6 +77,7 @@ def test_weights_file_identity_is_its_content(tmp_path, config):
     assert extract(data, with_file, verbose=0).path != first.path
 
 
+@pytest.mark.backend_independent
 def test_undecodable_file_is_skipped_and_recorded(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=4)
     bad = data / "blue" / "broken.jpg"
@@ -86,10 +90,12 @@ def test_undecodable_file_is_skipped_and_recorded(tmp_path, config):
     assert extract(data, config, verbose=0).skipped == features.skipped  # remembered by the cache
 
 
+@pytest.mark.backend_independent
 def test_library_exposes_extract():
     assert tlkit.extract is extract
 
 
+@pytest.mark.backend_independent
 def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
     from tlkit.io import RowFile
     from tlkit.features import _chunks
@@ -111,6 +117,7 @@ CACHE_DAMAGE = [*((kind, name, "truncated") for kind, names in (
     ("features", "features.npy", "altered"), ("images", "images.npy", "altered")]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("kind, name, how", CACHE_DAMAGE)
 def test_a_damaged_cache_file_is_detected_and_rebuilt(tmp_path, config, kind, name, how, caplog):
     data = make_dataset(tmp_path / "d", per_class=4)

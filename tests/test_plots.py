@@ -43,7 +43,7 @@ def test_tlkit_curves_redraws_a_run_with_another_smoothing(tmp_path, config):
     result = CliRunner().invoke(main, ["curves", "--run", str(run), "--out", str(tmp_path / "c.png"), "--smoothing", "0.3"])
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "c.png") as image:
-        assert image.size == (1100, 400)
+        assert image.size == (1100, 600)  # accuracy and loss, the learning rate under them
     smoother = CliRunner().invoke(main, ["curves", "--run", str(run), "--out", str(tmp_path / "s.png"), "--smoothing", "0.9"])
     assert smoother.exit_code == 0 and (tmp_path / "s.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     phases = json.loads((run / "history.json").read_text())

@@ -84,6 +84,7 @@ def test_cli_predictions_are_written_as_they_come(trained, tmp_path):
     assert len(lines) == 8 and all(line.startswith(str(data)) for line in lines), lines
 
 
+@pytest.mark.backend_independent
 def test_latest_run_is_used_when_none_is_given(tmp_path, config, caplog):
     data = make_dataset(tmp_path / "d", per_class=4)
     tlkit.train(data, config, verbose=0)
@@ -97,12 +98,14 @@ def test_latest_run_is_used_when_none_is_given(tmp_path, config, caplog):
     assert str(newest.run_dir) in caplog.text
 
 
+@pytest.mark.backend_independent
 def test_no_runs_is_a_clear_error(tmp_path):
     write_image(tmp_path / "x.jpg", (1, 2, 3))
     with pytest.raises(tlkit.TlkitError, match="no runs found"):
         tlkit.predict([tmp_path / "x.jpg"])
 
 
+@pytest.mark.backend_independent
 def test_metrics_match_a_hand_computation():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]])
     labels = np.array([0, 1, 1, 0, 1])
@@ -119,6 +122,7 @@ def test_metrics_match_a_hand_computation():
         assert report["weighted_avg"][metric] == pytest.approx((2 * ant[metric] + 3 * bee[metric]) / 5)
 
 
+@pytest.mark.backend_independent
 def test_a_class_without_images_keeps_a_zero_row():
     report = classification_metrics(np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]]), np.array([0, 1]),
                                     ("a", "b", "c"))
@@ -127,6 +131,7 @@ def test_a_class_without_images_keeps_a_zero_row():
     assert report["macro_avg"]["recall"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.backend_independent
 def test_top_losses_are_the_most_confident_mistakes(tmp_path, trained):
     """On a folder labelled against the colours, the listed mistakes are real, ranked, and their numbers
     match a recomputation from the predictions."""
@@ -151,6 +156,7 @@ def test_top_losses_are_the_most_confident_mistakes(tmp_path, trained):
     assert [m["loss"] for m in top] == pytest.approx(losses_of_all_mistakes[:len(top)], rel=1e-5)
 
 
+@pytest.mark.backend_independent
 def test_confusion_png_shows_both_matrices(tmp_path):
     from PIL import Image
 
@@ -168,6 +174,7 @@ def test_confusion_png_shows_both_matrices(tmp_path):
         assert dark.mean() > 0.05 and pale.mean() > 0.05
 
 
+@pytest.mark.backend_independent
 def test_a_batch_of_only_unreadable_files_is_skipped(tmp_path, trained):
     data, run = trained
     mixed = shutil.copytree(data, tmp_path / "mixed")
@@ -195,6 +202,7 @@ def test_evaluate_agrees_with_predict(trained):
     assert np.trace(np.array(whole.confusion_matrix)) == round(accuracy * 18)
 
 
+@pytest.mark.backend_independent
 def test_evaluate_refuses_unknown_classes_and_splits(tmp_path, trained):
     _, run = trained
     other = make_dataset(tmp_path / "other", ("blue", "green"), per_class=2)
@@ -244,6 +252,7 @@ def test_tta_averages_the_views(tmp_path, trained):
     assert tlkit.evaluate(run=run).tta == 1
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_cli_tta(trained, command):
     from click.testing import CliRunner

@@ -113,6 +113,7 @@ def test_presplit_test_split_is_scored(tmp_path, config):
     assert result.metrics["images"] == {"train": 6, "val": 6, "test": 6}
 
 
+@pytest.mark.backend_independent
 def test_existing_run_is_never_overwritten(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
     (tmp_path / "run").mkdir()
@@ -129,6 +130,7 @@ class Fail(keras.callbacks.Callback):
         raise RuntimeError("out of memory, say")
 
 
+@pytest.mark.backend_independent
 def test_failed_training_leaves_no_half_run(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -141,6 +143,7 @@ def test_failed_training_leaves_no_half_run(tmp_path, config):
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
+@pytest.mark.backend_independent
 def test_an_unknown_layer_to_unfreeze_from_is_refused_before_anything_runs():
     with pytest.raises(tlkit.TlkitError, match="invalid unfreeze_from: 'block9_conv1'; expected a VGG16 layer"):
         tlkit.Config().replace(train={"unfreeze_from": "block9_conv1"})
@@ -154,6 +157,7 @@ def test_from_run_fixes_the_split_and_the_head(tmp_path, config):
     assert tuned.config.data.seed == 7 and tuned.config.model.head_units == 8  # no leak into the new val split
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("change, message", [
     ({"data": {"val_split": 0.0}}, "no validation images"),
 ])
@@ -162,11 +166,13 @@ def test_untrainable_data_is_refused(tmp_path, config, change, message):
         tlkit.train(make_dataset(tmp_path / "d", per_class=3), config.replace(**change), verbose=0)
 
 
+@pytest.mark.backend_independent
 def test_one_class_is_refused_for_training(tmp_path, config):
     with pytest.raises(tlkit.TlkitError, match="at least 2"):
         tlkit.train(make_dataset(tmp_path / "d", ("red",), per_class=3), config, verbose=0)
 
 
+@pytest.mark.backend_independent
 def test_default_run_folder_is_under_runs(tmp_path, config):
     data = make_dataset(tmp_path / "d", per_class=3)
     result = tlkit.train(data, config, verbose=0)

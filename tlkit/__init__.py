@@ -10,6 +10,8 @@ The library API; the ``tlkit`` command line only calls these::
     tlkit.explain("cat.jpg", run=result.run_dir)     # -> Explanation (Grad-CAM heatmap at the image's size)
     tlkit.write_report("report.html", result.run_dir)  # one self-contained HTML page about the run
     tlkit.cross_validate("photos/", config, folds=5)  # -> CVResult: K-fold of the head on cached features
+    tlkit.tune("photos/", config, trials=20)         # -> TuneResult: KerasTuner search of the head, best.toml
+    tlkit.train("labels.csv", config)                # labels from a CSV (several per image: multi-label)
     tlkit.export(result.run_dir, "onnx", "model.onnx")  # also savedmodel, tflite: pixels in, probabilities out
 
 Names are imported on first use (PEP 562): ``import tlkit`` imports no ML framework, and neither do
@@ -35,10 +37,11 @@ _HOMES = {
     "ModelConfig": "tlkit.config", "FitConfig": "tlkit.config", "RuntimeConfig": "tlkit.config",
     "load_config": "tlkit.config",
     "TlkitError": "tlkit.errors",
-    "DatasetIndex": "tlkit.data.scan", "scan": "tlkit.data.scan", "decode_image": "tlkit.data.decode",
+    "DatasetIndex": "tlkit.data.index", "scan": "tlkit.data.scan", "decode_image": "tlkit.data.decode",
     "FeatureSet": "tlkit.features", "extract": "tlkit.features",
     "TrainResult": "tlkit.training.pipeline", "train": "tlkit.training.pipeline",
     "CVResult": "tlkit.training.cv", "cross_validate": "tlkit.training.cv",
+    "TuneResult": "tlkit.training.tune", "tune": "tlkit.training.tune",
     "Run": "tlkit.runs", "load_run": "tlkit.runs",
     "Prediction": "tlkit.inference.predict", "predict": "tlkit.inference.predict",
     "Evaluation": "tlkit.inference.evaluate", "evaluate": "tlkit.inference.evaluate",
@@ -66,7 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names come from __g
     from tlkit.config import (AugmentConfig, Config, DataConfig, FitConfig, ModelConfig, RuntimeConfig,  # noqa: F401
                               load_config)
     from tlkit.data.decode import decode_image  # noqa: F401
-    from tlkit.data.scan import DatasetIndex, scan  # noqa: F401
+    from tlkit.data.index import DatasetIndex  # noqa: F401
+    from tlkit.data.scan import scan  # noqa: F401
     from tlkit.errors import TlkitError  # noqa: F401
     from tlkit.deploy import export  # noqa: F401
     from tlkit.features import FeatureSet, extract  # noqa: F401
@@ -77,3 +81,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names come from __g
     from tlkit.runs import Run, load_run  # noqa: F401
     from tlkit.training.cv import CVResult, cross_validate  # noqa: F401
     from tlkit.training.pipeline import TrainResult, train  # noqa: F401
+    from tlkit.training.tune import TuneResult, tune  # noqa: F401

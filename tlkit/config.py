@@ -21,6 +21,7 @@ from typing import Any
 from tlkit.backbone import VGG16_LAYERS
 from tlkit.errors import OptionError, TlkitError
 from tlkit.limits import Bounds, check_memory, fallback_cache_dir, usable_home
+from tlkit.options import Section, check, coerce, option
 
 MODES = ("features", "frozen", "finetune")
 OPTIMIZERS = ("rmsprop", "adam", "sgd", "nadam")
@@ -31,6 +32,7 @@ AUGMENT_ON = ("device", "cpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")
+LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 
 #: Learning rate of the head (features, frozen, and the warm-up of finetune).
 HEAD_LEARNING_RATE = 1e-3
@@ -46,6 +48,8 @@ TTA_SHIFT = 0.1
 CAM_OPACITY = 0.4
 #: The most confident mistakes ``tlkit evaluate`` lists.
 TOP_LOSSES = 10
+#: Multi-label: a label is predicted when its probability reaches this (unless thresholds were tuned).
+MULTI_LABEL_THRESHOLD = 0.5
 TOP_K = 5  #: Past this many classes, runs and evaluations also give top-5 accuracy (``top_5_accuracy``).
 #: Folds of ``tlkit cv``: each is held out once per repeat while a head trains on the others.
 CV_FOLDS = 5
@@ -76,30 +80,8 @@ def default_cache_dir() -> str:
     return str(home / ".cache" / "tlkit") if home else fallback_cache_dir()
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
-           bounds: Bounds | None = None, machine: bool = False, factory=None) -> Any:
-    """A config field with its help text, its allowed values (``choices``, or numeric ``bounds``), and
-    whether it describes the ``machine`` rather than the run (such a setting may differ on resume)."""
-    metadata = {"help": help, "choices": choices, "bounds": bounds, "machine": machine}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-class _Section:
-    """Checks every field that has ``choices`` or ``bounds`` on construction; sections add their own checks."""
-
-    def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            choices, bounds, value = spec.metadata["choices"], spec.metadata["bounds"], getattr(self, spec.name)
-            _check(choices is None or value in choices, spec.name, value, f"one of {', '.join(choices or ())}")
-            if bounds is not None:
-                _check(not isinstance(value, bool) and isinstance(value, (int, float)) and bounds.holds(value),
-                       spec.name, value, bounds.describe(spec.type))
-
-
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
     """Which images a dataset gives, at what size, and how a plain folder is split."""
 
     image_size: int = option(150, help="Side of the square images are resized to.", bounds=Bounds(
@@ -108,17 +90,29 @@ class DataConfig(_Section):
                               bounds=FRACTION)
     test_split: float = option(0.0, help="Test fraction per class, for a folder without its own split.",
                                bounds=FRACTION)
+    labels: str = option("", help="CSV of labels for the images of DATA, a folder (columns path or filename, label, "
+                                  "optional split; paths relative to DATA). DATA may also be such a CSV itself.")
+    label_separator: str = option(";", help="Between the labels of one CSV label cell: several labels make the data "
+                                            "multi-label (one sigmoid per label); '' reads a cell as one label.")
+    label_columns: str = option("", help="Multi-label: the CSV's 0/1 columns, one per label, comma-separated "
+                                         "(instead of a label column).")
     seed: int = option(1337, help="Seed of the split, shuffling, augmentation and initialisation.",
                        bounds=Bounds(0, 2**32, high_open=True, text="an integer in [0, 2**32)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.val_split + self.test_split < 1.0, "val_split + test_split",
-               self.val_split + self.test_split, "below 1 so that some images are left to train on")
+        check(self.val_split + self.test_split < 1.0, "val_split + test_split",
+              self.val_split + self.test_split, "below 1 so that some images are left to train on")
+        columns = self.label_columns.split(",") if self.label_columns else []
+        check(all(name.strip() for name in columns) and len(set(columns)) == len(columns), "label_columns",
+              self.label_columns, "distinct column names separated by commas")
+        check(len(columns) != 1, "label_columns", self.label_columns, "two or more columns (one per label)")
+        if self.labels:  # recorded resolved, wherever it is run from
+            object.__setattr__(self, "labels", str(Path(self.labels).expanduser().resolve()))
 
 
 @dataclass(frozen=True)
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Random transforms of training images, with Keras ImageDataGenerator's meaning.
 
     The defaults are the classic recipe's (Deep Learning with Python, 5.2.5). Augmentation applies
@@ -138,7 +132,7 @@ class AugmentConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The network: VGG16's weights, the head on top of it, and how much of VGG16 fine-tuning trains."""
 
     weights: str = option(help="VGG16 weights: imagenet, none, or a weights file (default from TLKIT_WEIGHTS "
@@ -153,15 +147,15 @@ class ModelConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
+        check(bool(self.weights), "weights", self.weights, "imagenet, none, or a weights file path")
         if self.weights.lower() not in ("imagenet", "none"):  # a file: recorded resolved, wherever it is run from
             object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
-        _check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
+        check(self.unfreeze_from in VGG16_LAYERS, "unfreeze_from", self.unfreeze_from,
                f"a VGG16 layer: {', '.join(name for name in VGG16_LAYERS if 'conv' in name)}")
 
 
 @dataclass(frozen=True)
-class FitConfig(_Section):
+class FitConfig(Section):
     """How the model is trained: the mode, its phases' lengths and learning rates, the loss weighting."""
 
     mode: str = option("features", choices=MODES, help="features: head on cached features; frozen: end to end, "
@@ -174,8 +168,24 @@ class FitConfig(_Section):
     learning_rate: float = option(HEAD_LEARNING_RATE, help="Learning rate of the head.", bounds=LEARNING_RATE)
     finetune_learning_rate: float = option(FINETUNE_LEARNING_RATE, help="Learning rate once the base is unfrozen.",
                                            bounds=LEARNING_RATE)
+    lr_schedule: str = option("constant", choices=LR_SCHEDULES, help="Learning-rate schedule of the head's phases "
+                              "(features, frozen, finetune's warm-up); see README, Learning-rate schedules.")
+    finetune_lr_schedule: str = option("constant", choices=LR_SCHEDULES,
+                                       help="Learning-rate schedule once the base is unfrozen (finetune).")
+    lr_warmup_epochs: int = option(0, help="cosine: epochs of linear warm-up up to the learning rate.",
+                                   bounds=Bounds(0, 100000))
+    lr_floor: float = option(0.01, help="cosine: the rate of the last epoch, as a fraction of the learning rate.",
+                             bounds=FRACTION)
+    lr_drop: float = option(0.5, help="step and plateau: the factor each drop multiplies the rate by.",
+                            bounds=Bounds(0, 1, low_open=True, high_open=True, text="a factor in (0, 1)"))
+    lr_drop_every: int = option(10, help="step: epochs between drops (rate = lr * drop ** floor((1 + epoch) / "
+                                         "every)).", bounds=Bounds(1, 100000))
+    lr_patience: int = option(2, help="plateau: epochs without a better val_loss before the rate drops.",
+                              bounds=Bounds(1, 100000))
     label_smoothing: float = option(0.0, help="Label smoothing of the cross-entropy, as Keras defines it (0: none).",
                                     bounds=FRACTION)
+    tune_thresholds: bool = option(False, help="Multi-label: per label, the threshold that maximises its F1 on the "
+                                               "validation images (else 0.5), kept with the run.")
     patience: int = option(5, help="Epochs without a better val_loss before stopping; 0: never stop early.",
                            bounds=Bounds(0, 100000))
     class_weight: str = option("none", choices=CLASS_WEIGHTS, help="auto: weigh each class inversely to its "
@@ -183,7 +193,7 @@ class FitConfig(_Section):
 
 
 @dataclass(frozen=True)
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     """How this machine runs the job: precision, where augmentation runs, devices, threads, cache folder."""
 
     precision: str = option("float32", help="Compute precision; mixed types keep the output layer float32.",
@@ -216,8 +226,8 @@ FORMER_SECTIONS = {
               "finetune_learning_rate", "unfreeze_from", "pooling", "head_units", "dropout", "patience", "augment_on",
               "precision", "class_weight", "distribute"),
 }
-#: Keys a run's ``config.json`` carries beside the sections; ignored on load.
-RECORD_KEYS = ("provenance",)
+#: Keys beside the sections, ignored on load: a run's ``config.json`` record, ``tlkit tune``'s search ranges.
+RECORD_KEYS = ("provenance", "tune")
 
 
 @dataclass(frozen=True)
@@ -297,7 +307,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     sections = {}
     for name, values in _by_section(raw).items():
         known = {spec.name: spec for spec in dataclasses.fields(SECTIONS[name])}
-        sections[name] = SECTIONS[name](**{key: _coerce(name, known[key], value) for key, value in values.items()})
+        sections[name] = SECTIONS[name](**{key: coerce(name, known[key], value) for key, value in values.items()})
     return Config(**sections)
 
 
@@ -322,29 +332,3 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise TlkitError(f"config file {path} must hold sections {'/'.join(SECTIONS)}")
     return config_from_dict(raw)
-
-
-def _coerce(section: str, spec: dataclasses.Field, value: Any) -> Any:
-    """Convert a config value to its field's type (ints stay ints, floats accept ints)."""
-    kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
-    try:
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind == "int":
-            if isinstance(value, bool) or float(value) != int(value):
-                raise TypeError
-            return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise TlkitError(f"option {section}.{spec.name} must be {kind}, got {value!r}") from None
-
-
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise TlkitError(f"invalid {name}: {value!r}; expected {expected}")

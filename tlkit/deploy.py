@@ -6,7 +6,9 @@ Every artifact keeps one contract, whatever the format and the number of classes
   decoded to 8-bit RGB and resized to the square, as tlkit does); the batch dimension is dynamic. VGG16's
   preprocessing is inside the model: feed the pixels as they are.
 - output ``probabilities``: float32 ``(batch, classes)``, one probability per class in the order of
-  ``class_names``, each row summing to 1 (a two-class run's single sigmoid unit ``p`` becomes ``[1 - p, p]``).
+  ``class_names``, each row summing to 1 (a two-class run's single sigmoid unit ``p`` becomes ``[1 - p, p]``);
+  a multi-label run's (``"multi_label": true``) are its labels' independent sigmoid probabilities, each label
+  applying from its ``thresholds`` entry.
 
 The contract (class names, image size, input and output, source run, tlkit version) travels inside the
 artifact, and :func:`read_contract` reads it back from there:
@@ -151,7 +153,8 @@ def probability_model(run: Run) -> keras.Model:
     """
     size = run.image_size
     image = keras.Input((size, size, 3), dtype="float32", name=INPUT_NAME)
-    p = both_classes(_in_float32(run.model)(image, training=False), len(run.class_names))
+    p = _in_float32(run.model)(image, training=False)
+    p = p if run.multi_label else both_classes(p, len(run.class_names))
     return keras.Model(image, {OUTPUT_NAME: p}, name="tlkit_export")
 
 
@@ -208,8 +211,12 @@ def _contract(run: Run, fmt: str) -> dict:
                   "layout": "batch, height, width, RGB channels",
                   "preprocessing": f"decode to 8-bit RGB and resize to {size}x{size} (tlkit: bilinear, aspect "
                                    "ratio not kept); the model applies VGG16's preprocessing itself"},
-        "output": {"name": OUTPUT_NAME, "shape": [None, classes], "dtype": "float32",
-                   "meaning": "probability of each class, in the order of class_names; each row sums to 1"},
+        "output": {"name": OUTPUT_NAME, "shape": [None, classes], "dtype": "float32", "meaning": (
+            "probability of each label (independent sigmoids), in the order of class_names; a label applies from "
+            "its threshold" if run.multi_label else "probability of each class, in the order of class_names; each "
+            "row sums to 1")},
+        "multi_label": run.multi_label,
+        **({"thresholds": run.thresholds} if run.multi_label else {}),
         "run": str(run.path.resolve()),
         "model_sha256": digest(run.path / MODEL_FILE, RUN_CHECKSUM),
         "tlkit_version": __version__,

@@ -27,7 +27,8 @@ from tlkit.backends.devices import Devices, resolve
 from tlkit.config import Config
 from tlkit.errors import OptionError
 from tlkit.data.image_cache import IMAGES_FILE, load_split
-from tlkit.data.scan import DatasetIndex, scan
+from tlkit.data.index import DatasetIndex
+from tlkit.data.scan import scan
 from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
                       write_json)
 from tlkit.locks import building_cache

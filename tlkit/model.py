@@ -4,9 +4,9 @@ The head takes VGG16's ``block5_pool`` feature map, so the same head trains on c
 (``features`` mode) and sits on the live base (``frozen``, ``finetune``). The classifier is
 ``image -> VGGPreprocess -> VGG16 base -> head`` and takes raw RGB pixels in [0, 255].
 
-Two classes train one sigmoid unit with binary cross-entropy, more a softmax; everything that turns
-the model's output into per-class probabilities or logits goes through this module (the two-class rule
-lives here only).
+Two classes train one sigmoid unit with binary cross-entropy, more a softmax; multi-label data one
+sigmoid unit per label, with binary cross-entropy. Everything that turns the model's output into per-class
+probabilities or logits goes through this module (the two-class rule lives here only).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from keras import ops
 
 from tlkit.backbone import IMAGENET_BGR_MEAN
 from tlkit.backends.devices import Devices, pad_rows, round_up
-from tlkit.config import PREDICT_BATCH, TOP_K, ModelConfig
+from tlkit.config import MULTI_LABEL_THRESHOLD, PREDICT_BATCH, TOP_K, ModelConfig
 
 HEAD_NAME = "head"
 #: The preprocessing layer's name inside a classifier.
@@ -50,8 +50,10 @@ def is_binary(num_classes: int) -> bool:
     return num_classes == 2
 
 
-def build_head(feature_shape: tuple[int, ...], num_classes: int, config: ModelConfig, seed: int) -> keras.Model:
-    """Pooling (global average or flatten) -> scaling -> Dense(head_units, relu) -> Dropout -> output layer.
+def build_head(feature_shape: tuple[int, ...], num_classes: int, config: ModelConfig, seed: int,
+               multi_label: bool = False) -> keras.Model:
+    """Pooling (global average or flatten) -> scaling -> Dense(head_units, relu) -> Dropout -> output layer
+    (one sigmoid unit for two classes, a softmax for more, ``multi_label``: a sigmoid unit per label).
 
     The dropout draws from its own random stream seeded by ``seed`` (a model variable, so a
     resumed run continues it; unseeded, PyTorch's dropout would use the process-wide generator).
@@ -63,7 +65,10 @@ def build_head(feature_shape: tuple[int, ...], num_classes: int, config: ModelCo
     penalty = keras.regularizers.L2(config.l2) if config.l2 else None
     x = keras.layers.Dense(config.head_units, activation="relu", kernel_regularizer=penalty, name="hidden")(x)
     x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
-    if is_binary(num_classes):
+    if multi_label:
+        outputs = keras.layers.Dense(num_classes, activation="sigmoid", dtype="float32", kernel_regularizer=penalty,
+                                     name="label_probabilities")(x)
+    elif is_binary(num_classes):
         outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", kernel_regularizer=penalty,
                                      name="probability")(x)
     else:
@@ -95,8 +100,10 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 
 def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning_rate: float,
-                  weighted_accuracy: bool = False, label_smoothing: float = 0.0) -> None:
-    """Compile with the loss that fits the class count, accuracy, and top-5 accuracy past 5 classes.
+                  weighted_accuracy: bool = False, label_smoothing: float = 0.0, *, multi_label: bool = False) -> None:
+    """Compile with the loss that fits the class count, accuracy, and top-5 accuracy past 5 classes; for
+    ``multi_label``, binary cross-entropy with ``accuracy`` the share of right 0/1 decisions (Keras's
+    ``BinaryAccuracy``, at 0.5) and ``micro_f1`` (Keras's ``F1Score``, micro-averaged, at 0.5).
 
     ``weighted_accuracy``: weigh the metrics by the sample weights too, as on several devices, where
     padding rows weigh zero (see :mod:`tlkit.backends.devices`). ``label_smoothing``: as Keras's
@@ -104,16 +111,20 @@ def compile_model(model: keras.Model, num_classes: int, optimizer: str, learning
     ``y * (1 - s) + s / classes`` for softmax).
     """
     metrics: list = ["accuracy"]
-    if num_classes > TOP_K:
+    if multi_label:
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
+                   keras.metrics.F1Score(average="micro", threshold=MULTI_LABEL_THRESHOLD, name="micro_f1")]
+    elif num_classes > TOP_K:
         metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=TOP_K, name="top_5_accuracy"))
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss_function(num_classes, label_smoothing),
+    loss = loss_function(num_classes, label_smoothing, multi_label)
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss,
                   **{"weighted_metrics" if weighted_accuracy else "metrics": metrics})
 
 
-def loss_function(num_classes: int, label_smoothing: float = 0.0):
-    """Binary cross-entropy for the sigmoid unit, sparse categorical cross-entropy for softmax; with
+def loss_function(num_classes: int, label_smoothing: float = 0.0, multi_label: bool = False):
+    """Binary cross-entropy for sigmoid units, sparse categorical cross-entropy for softmax; with
     ``label_smoothing``, Keras's categorical cross-entropy on one-hot targets (its sparse loss has none)."""
-    if is_binary(num_classes):
+    if multi_label or is_binary(num_classes):
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     if not label_smoothing:
         return keras.losses.SparseCategoricalCrossentropy()
@@ -125,8 +136,11 @@ def loss_function(num_classes: int, label_smoothing: float = 0.0):
     return smoothed_sparse_categorical_crossentropy
 
 
-def targets(labels, num_classes: int):
-    """Labels in the shape the loss expects: ``(n, 1)`` float for binary, int for softmax."""
+def targets(labels, num_classes: int, multi_label: bool = False):
+    """Labels in the shape the loss expects: ``(n, 1)`` float for binary, int for softmax, the ``(n, labels)``
+    0/1 rows as float for multi-label."""
+    if multi_label:
+        return labels.astype("float32")
     if is_binary(num_classes):
         return labels.reshape(-1, 1).astype("float32")
     return labels.astype("int32")

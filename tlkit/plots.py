@@ -36,6 +36,8 @@ class Curves:
         best_epoch: x of the epoch with the lowest validation loss in the last phase (the kept weights
             when early stopping restored the best epoch): its overall number, as metrics.json's ``best_epoch``.
         best_label: That epoch as tlkit names it everywhere (``phase 2 epoch 2 (epoch 12 overall)``).
+        learning_rates: The rate each epoch trained at, where every phase recorded it (runs of tlkit
+            before learning-rate schedules did not).
     """
 
     epochs: list[int]
@@ -43,6 +45,7 @@ class Curves:
     boundaries: list[float]
     best_epoch: int
     best_label: str
+    learning_rates: list[float] | None = None
 
 
 def curves(phases: list[dict], smoothing: float) -> Curves:
@@ -59,11 +62,15 @@ def curves(phases: list[dict], smoothing: float) -> Curves:
         boundaries.append(len(epochs) + 0.5)
     best = best_epoch(phases)
     label = f"phase {best['best_phase_number']} epoch {best['best_phase_epoch']} (epoch {best['best_epoch']} overall)"
-    return Curves(epochs, series, boundaries[:-1], best["best_epoch"], label)
+    rates = None
+    if all("learning_rate" in phase["history"] for phase in phases):
+        rates = [rate for phase in phases for rate in phase["history"]["learning_rate"]]
+    return Curves(epochs, series, boundaries[:-1], best["best_epoch"], label, rates)
 
 
 def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_SMOOTHING) -> None:
-    """Training vs validation accuracy and loss per epoch, every phase on one epoch axis.
+    """Training vs validation accuracy and loss per epoch, every phase on one epoch axis, and under them
+    the learning rate each epoch trained at (where the run recorded it).
 
     Raw values are drawn faint, their exponential moving average (``smoothing``; 0 draws raw values
     only) solid; phase boundaries are dotted lines, each phase named at its start, the best epoch a
@@ -78,8 +85,10 @@ def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_S
     drawn = curves(phases, smoothing)
     names = " then ".join(phase["name"] for phase in phases)
     cuts = [0, *(int(b) for b in drawn.boundaries), len(drawn.epochs)]
-    figure = Figure(figsize=(11, 4))
-    axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(11, 4 if drawn.learning_rates is None else 6))
+    grid = figure.add_gridspec(1 if drawn.learning_rates is None else 2, 2, height_ratios=(
+        None if drawn.learning_rates is None else (3, 1.3)))
+    axes = [figure.add_subplot(grid[0, column]) for column in range(2)]
     for axis, metric in zip(axes, ("accuracy", "loss")):
         for colour, (key, label) in enumerate(((metric, "training"), (f"val_{metric}", "validation"))):
             raw, smoothed = drawn.series[key]
@@ -102,8 +111,23 @@ def plot_curves(phases: list[dict], path: str | Path, smoothing: float = CURVE_S
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.legend()
+    if drawn.learning_rates is not None:
+        _plot_rates(figure.add_subplot(grid[1, :]), drawn)
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+
+
+def _plot_rates(axis, drawn: Curves) -> None:
+    """The learning rate per epoch (log scale unless a rate is 0), phase boundaries dotted."""
+    axis.plot(drawn.epochs, drawn.learning_rates, "o-", color="C3", markersize=3, linewidth=1.5)
+    if min(drawn.learning_rates) > 0:
+        axis.set_yscale("log")
+    for boundary in drawn.boundaries:
+        axis.axvline(boundary, color="grey", linestyle=":")
+    axis.set_title("Learning rate")
+    axis.set_xlabel("epoch (overall)")
+    axis.set_ylabel("learning rate")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 #: Up to this many classes, every cell of a confusion matrix is written in figures and every class named;

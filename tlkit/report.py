@@ -23,6 +23,7 @@ from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data.decode import decode_image, read_rgb
 from tlkit.inference.evaluate import Evaluation, evaluate
 from tlkit.inference.explain import Explanation, explain_images
+from tlkit.inference.multilabel import MultiLabelEvaluation
 from tlkit.io import atomic_write, read_json
 from tlkit.outputs import check_output
 from tlkit.plots import LABELLED_CLASSES, confusion_png, top_confusions
@@ -58,13 +59,14 @@ code { font-size: 13px; }
 
 def write_report(out: str | Path, run: Run | str | Path | None = None, data: str | Path | None = None,
                  split: str | None = None, *, mistakes: int = TOP_LOSSES, tta: int = 1,
-                 batch_size: int = PREDICT_BATCH, verbose: int = 0) -> Evaluation:
+                 batch_size: int = PREDICT_BATCH, verbose: int = 0, labels: str | Path | None = None
+                 ) -> Evaluation | MultiLabelEvaluation:
     """Evaluate a run and write its HTML report (atomically).
 
     Args:
         out: The HTML file to write.
         run: A loaded run, a run folder, or ``None`` for the latest under ``runs/``.
-        data, split, tta, batch_size, verbose: What to evaluate on and how, as :func:`tlkit.evaluate`.
+        data, split, tta, batch_size, verbose, labels: What to evaluate on and how, as :func:`tlkit.evaluate`.
         mistakes: How many of the most confident mistakes the gallery shows.
 
     Returns:
@@ -75,7 +77,8 @@ def write_report(out: str | Path, run: Run | str | Path | None = None, data: str
     """
     out = check_output(out)  # before the work
     run = resolve_run(run)
-    evaluation = evaluate(data, run, split, batch_size=batch_size, verbose=verbose, mistakes=mistakes, tta=tta)
+    evaluation = evaluate(data, run, split, batch_size=batch_size, verbose=verbose, mistakes=mistakes, tta=tta,
+                          labels=labels)
     explanations = _explain_mistakes(run, evaluation.top_losses)
     page = render(run, evaluation, explanations)
     atomic_write(out, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
@@ -93,21 +96,29 @@ def _explain_mistakes(run: Run, mistakes: list[dict]) -> list[Explanation]:
         picture = read_rgb(path, draft=GALLERY_SIDE)
         picture.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.Resampling.LANCZOS)
         pictures.append(picture)
-    return explain_images(run, paths, pixels, pictures, [mistake["predicted"] for mistake in mistakes])
+    return explain_images(run, paths, pixels, pictures, [mistake.get("label", mistake["predicted"])
+                                                         for mistake in mistakes])
 
 
-def render(run: Run, evaluation: Evaluation, explanations: list[Explanation]) -> str:
+def render(run: Run, evaluation: Evaluation | MultiLabelEvaluation, explanations: list[Explanation]) -> str:
     """The report page as HTML text."""
     provenance = read_json(run.path / CONFIG_FILE)["provenance"]
+    metrics = f"Metrics on {escape(evaluation.split)} ({evaluation.count} images)"
+    if getattr(evaluation, "multi_label", False):
+        scores = [_section(metrics, _label_table(evaluation)),
+                  _section("Images decided worst", _gallery(evaluation.top_losses, explanations, evaluation.accuracy))]
+    else:
+        scores = [_section(metrics, _metrics_table(evaluation)),
+                  _section("Confusion matrix", _confusion_table(evaluation) + _image(
+                      confusion_png(evaluation.confusion_matrix, evaluation.class_names), "image/png",
+                      "confusion matrix, counts and row-normalised", "plot")),
+                  _section("Most confident mistakes", _gallery(evaluation.top_losses, explanations,
+                                                               evaluation.accuracy))]
     sections = [
         _summary(run, evaluation, provenance),
         _section("Learning curves", _image((run.path / CURVES_FILE).read_bytes(), "image/png",
                                            "training and validation accuracy and loss per epoch", "plot")),
-        _section(f"Metrics on {escape(evaluation.split)} ({evaluation.count} images)", _metrics_table(evaluation)),
-        _section("Confusion matrix", _confusion_table(evaluation) + _image(
-            confusion_png(evaluation.confusion_matrix, evaluation.class_names), "image/png",
-            "confusion matrix, counts and row-normalised", "plot")),
-        _section("Most confident mistakes", _gallery(evaluation.top_losses, explanations, evaluation.accuracy)),
+        *scores,
         _section("Skipped files", _skipped(run.metrics.get("skipped", {}), evaluation.skipped)),
         _section("Configuration", _config_table(run, provenance)),
     ]
@@ -135,12 +146,16 @@ def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
     subtitle = (f"{escape(run.config.fit.mode)} run on <code>{escape(run.data_dir)}</code>, created "
                 f"{escape(provenance['created'])} on the {escape(provenance['backend'])} backend; "
                 f"evaluated on <code>{escape(evaluation.data)}</code> [{escape(evaluation.split)}]{views}.")
-    cards = [(f"{evaluation.accuracy:.4f}", "accuracy"), (f"{evaluation.loss:.4f}", "loss"),
-             (f"{evaluation.macro_avg['f1']:.4f}", "macro F1"), (str(evaluation.count), "images evaluated"),
+    if getattr(evaluation, "multi_label", False):
+        figures = [(f"{evaluation.micro_f1:.4f}", "micro F1"), (f"{evaluation.macro_f1:.4f}", "macro F1"),
+                   (f"{evaluation.mean_average_precision:.4f}", "mAP"), (f"{evaluation.accuracy:.4f}", "subset accuracy")]
+    else:
+        figures = [(f"{evaluation.accuracy:.4f}", "accuracy"), (f"{evaluation.macro_avg['f1']:.4f}", "macro F1")]
+    cards = [*figures, (f"{evaluation.loss:.4f}", "loss"), (str(evaluation.count), "images evaluated"),
              (" + ".join(map(str, epochs)), "epochs run (per phase)"),
              (f"phase {best['best_phase_number']} epoch {best['best_phase_epoch']}",
               f"best epoch ({best['best_epoch']} overall, in {escape(best['best_phase'])})")]
-    if evaluation.top_5_accuracy is not None:
+    if getattr(evaluation, "top_5_accuracy", None) is not None:
         cards.insert(1, (f"{evaluation.top_5_accuracy:.4f}", "top-5 accuracy"))
     body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
                    for value, label in cards)
@@ -157,6 +172,17 @@ def _metrics_table(evaluation: Evaluation) -> str:
     return ('<table id="metrics"><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>'
             f'<th>support</th></tr></thead><tbody>{body}</tbody></table>\n'
             f'<p>Accuracy {evaluation.accuracy:.4f}, cross-entropy loss {evaluation.loss:.4f}.</p>')
+
+
+def _label_table(evaluation: MultiLabelEvaluation) -> str:
+    body = "".join(f'<tr><td>{escape(name)}</td><td>{row["precision"]:.4f}</td><td>{row["recall"]:.4f}</td>'
+                   f'<td>{row["f1"]:.4f}</td><td>{row["average_precision"]:.4f}</td><td>{row["threshold"]:.4f}</td>'
+                   f'<td>{row["support"]}</td></tr>' for name, row in evaluation.per_label.items())
+    return ('<table id="labels"><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>'
+            f'<th>average precision</th><th>threshold</th><th>support</th></tr></thead><tbody>{body}</tbody></table>\n'
+            f'<p>Multi-label: each label decided at its threshold. Micro F1 {evaluation.micro_f1:.4f}, macro F1 '
+            f'{evaluation.macro_f1:.4f}, mAP {evaluation.mean_average_precision:.4f}, subset accuracy (every label '
+            f'right) {evaluation.accuracy:.4f}, binary cross-entropy {evaluation.loss:.4f}.</p>')
 
 
 def _confusion_table(evaluation: Evaluation) -> str:
@@ -189,16 +215,22 @@ def _gallery(mistakes: list[dict], explanations: list[Explanation], accuracy: fl
         return ('<p class="none">No mistakes: every image was classified correctly.</p>' if accuracy == 1.0 else
                 '<p class="none">None shown (the number of mistakes to show was 0).</p>')
     figures = []
+    multi = "label" in mistakes[0]
     for rank, (mistake, explanation) in enumerate(zip(mistakes, explanations), start=1):
         picture = _side_by_side(explanation.image, explanation.overlay())
-        alt = f"{mistake['path']}: the image, and where the model saw {mistake['predicted']}"
+        shown = mistake["label"] if multi else mistake["predicted"]
+        alt = f"{mistake['path']}: the image, and where the model saw {shown}"
+        what = (f'labelled {escape(";".join(mistake["true"]) or "(none)")}, predicted '
+                f'{escape(";".join(mistake["predicted"]) or "(none)")}</span> ({escape(shown)} '
+                if multi else f'{escape(mistake["true"])} taken for {escape(mistake["predicted"])}</span> (')
         figures.append(
             f'<figure class="mistake" data-path="{escape(mistake["path"])}">{_image(picture, "image/jpeg", alt)}'
-            f'<figcaption>#{rank} <span class="wrong">{escape(mistake["true"])} taken for '
-            f'{escape(mistake["predicted"])}</span> ({mistake["probability"]:.4f}, loss {mistake["loss"]:.3f})<br>'
-            f'<span class="path">{escape(mistake["path"])}</span></figcaption></figure>')
-    return ('<p>Misclassified images by decreasing loss; beside each, Grad-CAM of the class it was taken for '
-            '(red: the strongest evidence).</p>\n<div class="gallery" id="mistakes">' + "".join(figures) + "</div>")
+            f'<figcaption>#{rank} <span class="wrong">{what}{mistake["probability"]:.4f}, loss '
+            f'{mistake["loss"]:.3f})<br><span class="path">{escape(mistake["path"])}</span></figcaption></figure>')
+    explained = ("the label decided most wrongly" if multi else "the class it was taken for")
+    return (f'<p>{"Images with a wrong label decision" if multi else "Misclassified images"} by decreasing loss; '
+            f'beside each, Grad-CAM of {explained} (red: the strongest evidence).</p>\n'
+            '<div class="gallery" id="mistakes">' + "".join(figures) + "</div>")
 
 
 def _side_by_side(left: Image.Image, right: Image.Image) -> bytes:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit import __version__
-from tlkit.config import DEFAULT_RUNS_DIR, Config, config_from_dict
+from tlkit.config import DEFAULT_RUNS_DIR, MULTI_LABEL_THRESHOLD, Config, config_from_dict
 from tlkit.errors import TlkitError
 from tlkit.io import CHECKSUMS, atomic_write, damage, read_json, write_checksums, write_json
 
@@ -64,7 +64,8 @@ class Run:
         class_names: Class names in label order.
         config: The configuration it was trained with.
         metrics: The contents of ``metrics.json`` (empty if absent).
-        data_dir: The dataset folder it was trained on.
+        data_dir: The dataset it was trained on (its folder, or its labels CSV).
+        multi_label: Each image may have any number of the labels (``class_names``): a sigmoid per label.
     """
 
     path: Path
@@ -73,6 +74,13 @@ class Run:
     config: Config
     metrics: dict
     data_dir: str
+    multi_label: bool = False
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label: per label, the probability from which it is predicted (tuned on validation, or 0.5)."""
+        recorded = self.metrics.get("thresholds") or {}
+        return [float(recorded.get(name, MULTI_LABEL_THRESHOLD)) for name in self.class_names]
 
     @property
     def image_size(self) -> int:
@@ -240,7 +248,8 @@ def load_run(path: str | Path) -> Run:
         raise TlkitError(f"run {path} is inconsistent: {CLASSES_FILE} names {len(class_names)} classes, but its model "
                          f"tells {max(outputs, 2)} apart; it is not loaded: retrain it or restore the folder from a copy")
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
-    return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"])
+    return Run(path, model, class_names, config_from_dict(record), metrics, record["provenance"]["data_dir"],
+               bool(record["provenance"].get("multi_label", False)))
 
 
 def _class_names(path: Path, record: dict) -> tuple[str, ...]:

@@ -49,7 +49,21 @@ def _source_run(path: str | None) -> None:
 
 def _data(path: str | None) -> None:
     if path is not None and not os.path.lexists(path):
-        raise TlkitError(f"dataset folder not found: {path}")
+        raise TlkitError(f"{'labels file' if path.lower().endswith('.csv') else 'dataset folder'} not found: {path}")
+
+
+def _labels_table(data: str | None, config: cfg.Config) -> None:
+    """A labels CSV given as the data, read as the settings say (its columns and rows): before any framework."""
+    from tlkit.data.table import is_table, read_table  # numpy and Pillow: not for --help
+
+    if data is not None and is_table(data) and not config.data.labels:
+        columns = tuple(name.strip() for name in config.data.label_columns.split(",") if name.strip())
+        read_table(data, separator=config.data.label_separator, label_columns=columns)
+
+
+def _labels(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise TlkitError(f"labels file not found: {path}")
 
 
 def _inputs(paths: tuple[str, ...]) -> None:
@@ -68,8 +82,8 @@ def _output(path: str | None) -> None:
         check_output(path)
 
 
-CHECKS: dict[str, Callable] = {"run": _run, "source_run": _source_run, "data": _data, "inputs": _inputs,
-                               "image": _image, "output": _output}
+CHECKS: dict[str, Callable] = {"run": _run, "source_run": _source_run, "data": _data, "labels": _labels,
+                               "inputs": _inputs, "image": _image, "output": _output}
 
 
 def check_config(config_file: str | None, options: dict) -> cfg.Config:
@@ -82,6 +96,7 @@ def check_config(config_file: str | None, options: dict) -> cfg.Config:
     from tlkit.cli.parsing import build_config
 
     config = build_config(config_file, options)
+    _labels(config.data.labels or None)
     if (config.runtime.cache_dir == fallback_cache_dir() and usable_home() is None
             and not os.environ.get(cfg.CACHE_ENV)):
         raise OptionError("HOME is not set (or empty), so there is no default feature-cache folder: give "
@@ -110,7 +125,9 @@ def early_checks(*, config: bool = False, **params: str) -> Callable[[Callable],
             for name, kind in params.items():
                 CHECKS[kind](kwargs.get(name))
             if config:
-                check_config(kwargs.get("config_file"), {key: kwargs[key] for key in FIELD_NAMES & kwargs.keys()})
+                settings = check_config(kwargs.get("config_file"),
+                                        {key: kwargs[key] for key in FIELD_NAMES & kwargs.keys()})
+                _labels_table(kwargs.get("data"), settings)
             return command(*args, **kwargs)
 
         return checked

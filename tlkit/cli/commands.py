@@ -14,9 +14,12 @@ import click
 from tlkit import config as cfg
 from tlkit.cli.checks import early_checks, legacy_run_argument
 from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, config_options, debug_option,
-                               given_options, progress_to_stderr, quiet_option, run_option, start, tta_option)
+                               given_options, labels_option, progress_to_stderr, quiet_option, run_option, start,
+                               tta_option)
+from tlkit.cli.tune_command import tune
 
-EXTRACT_OPTIONS = ("image_size", "seed", "workers", "cache_dir", "weights", "batch_size", "precision", "distribute")
+EXTRACT_OPTIONS = ("labels", "label_separator", "label_columns", "image_size", "seed", "workers", "cache_dir", "weights",
+                   "batch_size", "precision", "distribute")
 
 
 @click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +80,11 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
                              tensorboard=tensorboard)
     metrics = result.metrics
     click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
+    if "val_micro_f1" in metrics:  # multi-label
+        click.echo(f"val_micro_f1: {metrics['val_micro_f1']:.4f}  val_macro_f1: {metrics['val_macro_f1']:.4f}  val_mAP: "
+                   f"{metrics['val_mean_average_precision']:.4f}  val_subset_accuracy: "
+                   f"{metrics['val_subset_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
+        return
     top_5 = f"  val_top_5_accuracy: {metrics['val_top_5_accuracy']:.4f}" if "val_top_5_accuracy" in metrics else ""
     click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}{top_5}")
     if "test_accuracy" in metrics:
@@ -92,6 +100,9 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
 @click.option("--batch-size", type=click.IntRange(min=1), default=cfg.PREDICT_BATCH, show_default=True,
               help="Images decoded and predicted at a time (memory does not grow with the number of images).")
 @tta_option
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Multi-label runs: predict each label whose probability reaches this [default: the run's "
+                   "thresholds, 0.5 unless tuned with --tune-thresholds].")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Write every prediction (all class probabilities) to this .csv or .jsonl file as it comes, "
                    "instead of printing; rerun the same command to finish an interrupted one.")
@@ -100,7 +111,7 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
                    "continuing it; a file that is not tlkit results is never overwritten.")
 @quiet_option
 def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json: bool, batch_size: int, tta: int,
-            out: str | None, overwrite: bool, quiet: bool) -> None:
+            threshold: float | None, out: str | None, overwrite: bool, quiet: bool) -> None:
     """Predict the class of each image in PATHS (files or folders), printing each as it comes."""
     if overwrite and out is None:
         raise click.UsageError("--overwrite applies to the file of --out; give --out FILE")
@@ -116,25 +127,25 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
         click.echo(f"{out}: {counts['predicted']} image(s) predicted, {counts['unreadable']} unreadable, "
                    f"{counts['already']} already there")
         return
+    from tlkit.cli.printing import prediction_line
     from tlkit.inference.predict import iter_predictions
 
     # bad paths and runs fail here, before any output
-    predictions = iter_predictions(list(paths), run_dir, top_k, batch_size, tta)
+    predictions = iter_predictions(list(paths), run_dir, top_k, batch_size, tta, threshold)
     first = True
     for prediction in predictions:  # printed as they come: an interrupted run keeps what it printed
         if as_json:
             text = json.dumps(prediction.to_dict(), ensure_ascii=False, allow_nan=False)  # NaN is not JSON
             click.echo(("[\n" if first else ",\n") + text, nl=False)
         else:
-            ranked = ", ".join(f"{label} {p:.4f}" for label, p in prediction.top_k)
-            click.echo(f"{prediction.path}: {ranked}")
+            click.echo(prediction_line(prediction))
         first = False
     if as_json:
         click.echo("\n]")
 
 
 @main.command()
-@early_checks(run_dir="run", data="data", confusion_png="output")
+@early_checks(run_dir="run", data="data", labels="labels", confusion_png="output")
 @click.argument("data", required=False, type=click.Path())
 @run_option
 @click.option("--split", type=click.Choice(("train", "val", "test", "all")),
@@ -145,15 +156,17 @@ def predict(*, paths: tuple[str, ...], run_dir: str | None, top_k: int, as_json:
 @click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False),
               help="Also draw the confusion matrix (counts and row-normalised) into this PNG.")
 @tta_option
+@labels_option
 @quiet_option
 def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_json: bool, mistakes: int,
-             confusion_png: str | None, tta: int, quiet: bool) -> None:
+             confusion_png: str | None, tta: int, labels: str | None, quiet: bool) -> None:
     """Score a run on labelled images in DATA (default: the run's own data)."""
     start(quiet)
     from tlkit.inference.evaluate import evaluate as evaluate_run
 
     with progress_to_stderr():
-        report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta)
+        report = evaluate_run(data, run_dir, split, verbose=0 if quiet or as_json else 1, mistakes=mistakes, tta=tta,
+                              labels=labels)
     if confusion_png:
         from tlkit.plots import plot_confusion
 
@@ -164,32 +177,9 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
 
         click.echo(json_text(report.to_dict(), "the evaluation"), nl=False)  # never NaN: not JSON
         return
-    views = f", {report.tta} views each" if report.tta > 1 else ""
-    click.echo(f"{report.data} [{report.split}]: {report.count} images{views}")
-    top_5 = "" if report.top_5_accuracy is None else f"  top-5 accuracy: {report.top_5_accuracy:.4f}"
-    click.echo(f"loss: {report.loss:.4f}  accuracy: {report.accuracy:.4f}{top_5}")
-    width = max(len(name) for name in [*report.per_class, "weighted avg"])
-    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
-    rows = [*report.per_class.items(), ("macro avg", {**report.macro_avg, "support": report.count}),
-            ("weighted avg", {**report.weighted_avg, "support": report.count})]
-    for name, row in rows:
-        click.echo(f"{name:<{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
-                   f"{row['support']:8d}")
-    from tlkit.plots import LABELLED_CLASSES, top_confusions
+    from tlkit.cli.printing import show_evaluation
 
-    if len(report.class_names) <= LABELLED_CLASSES:
-        click.echo("confusion matrix (rows: true, columns: predicted):")
-        for name, counts in zip(report.class_names, report.confusion_matrix):
-            click.echo(f"{name:<{width}}  " + " ".join(f"{n:6d}" for n in counts))
-    else:  # a line of a number per class for every class would grow with the square of the classes
-        click.echo(f"most frequent confusions (the whole matrix of {len(report.class_names)} classes: --json):")
-        for true, predicted, images, share in top_confusions(report.confusion_matrix, report.class_names):
-            click.echo(f"  {true} taken for {predicted}: {images} image(s), {share:.1%} of {true}")
-    if report.top_losses:
-        click.echo("most confident mistakes:")
-    for mistake in report.top_losses:
-        click.echo(f"  {mistake['path']}: {mistake['true']} taken for {mistake['predicted']} "
-                   f"({mistake['probability']:.4f}, loss {mistake['loss']:.4f})")
+    show_evaluation(report)
 
 
 @main.command()
@@ -199,9 +189,10 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
               help="K: the train and validation images, pooled, are dealt into K stratified folds, each held out once.")
 @click.option("--repeats", type=click.IntRange(min=1), default=cfg.CV_REPEATS, show_default=True,
               help="Deal the K folds this many times, shuffled anew each time (iterated K-fold).")
-@config_options(("image_size", "test_split", "seed", "workers", "cache_dir", "weights", "epochs", "batch_size",
-                 "optimizer", "learning_rate", "pooling", "head_units", "dropout", "precision", "class_weight",
-                 "distribute"))
+@config_options(("labels", "image_size", "test_split", "seed", "workers", "cache_dir", "weights", "epochs",
+                 "batch_size", "optimizer", "learning_rate", "lr_schedule", "lr_warmup_epochs", "lr_floor", "lr_drop",
+                 "lr_drop_every", "lr_patience", "label_smoothing", "l2", "pooling", "head_units", "dropout",
+                 "precision", "class_weight", "distribute"))
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every fold's epoch logs included.")
 @quiet_option
@@ -230,6 +221,9 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
                f"{result.epoch_val_loss[best]:.4f}, mean val_accuracy {result.epoch_val_accuracy[best]:.4f})")
     if result.skipped:
         click.echo(f"skipped: {len(result.skipped)} file(s) (see the warnings)")
+
+
+main.add_command(tune)  # tlkit tune: declared in tlkit.cli.tune_command (this module is at its length limit)
 
 
 @main.command()
@@ -269,7 +263,7 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
 
 
 @main.command()
-@early_checks(run_dir="run", data="data", out="output")
+@early_checks(run_dir="run", data="data", labels="labels", out="output")
 @legacy_run_argument
 @run_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
@@ -279,16 +273,18 @@ def explain(image: str, run_dir: str | None, out: str, class_name: str | None, o
 @click.option("--top-losses", "mistakes", type=click.IntRange(min=0), default=cfg.TOP_LOSSES, show_default=True,
               help="How many of the most confident mistakes the gallery shows.")
 @tta_option
+@labels_option
 @quiet_option
 def report(*, run_dir: str | None, out: str, data: str | None, split: str | None, mistakes: int, tta: int,
-           quiet: bool) -> None:
+           labels: str | None, quiet: bool) -> None:
     """Write one self-contained HTML page about a run (default: the latest under runs/): settings, curves,
     metrics, confusion matrix, its worst mistakes with Grad-CAM, skipped files."""
     start(quiet)
     from tlkit.report import write_report
 
     with progress_to_stderr():
-        evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1)
+        evaluation = write_report(out, run_dir, data, split, mistakes=mistakes, tta=tta, verbose=0 if quiet else 1,
+                                  labels=labels)
     click.echo(f"report: {out} (accuracy {evaluation.accuracy:.4f} on {evaluation.count} images, "
                f"{len(evaluation.top_losses)} mistake(s) shown)")
 

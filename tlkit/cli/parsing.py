@@ -136,6 +136,9 @@ config_file_option = click.option("--config", "config_file", type=click.Path(dir
                                   help="JSON or TOML file of options (a run's config.json reproduces it).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 run_option = click.option("--run", "run_dir", type=click.Path(), help="Run folder [default: the latest under runs/].")
+labels_option = click.option("--labels", type=click.Path(dir_okay=False),
+                             help="CSV of labels for the images of the data folder [default: the run's own, on its "
+                                  "own data].")
 tta_option = click.option("--tta", type=click.IntRange(min=1), default=1, show_default=True,
                           help="Average the probabilities of this many views of each image: itself, mirrored, "
                                "then shifted (up to 18; 1: the image alone).")

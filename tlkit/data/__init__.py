@@ -8,7 +8,8 @@
 """
 
 from tlkit.data.decode import ImageTooLarge, decode_image, decode_images, read_rgb
-from tlkit.data.scan import SPLIT_NAMES, DatasetIndex, list_images, require_classes, scan
+from tlkit.data.index import SPLIT_NAMES, DatasetIndex
+from tlkit.data.scan import list_images, require_classes, scan
 
 __all__ = ["SPLIT_NAMES", "DatasetIndex", "ImageTooLarge", "decode_image", "decode_images", "list_images", "read_rgb",
            "require_classes", "scan"]

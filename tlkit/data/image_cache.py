@@ -16,7 +16,8 @@ import numpy as np
 
 from tlkit.config import Config
 from tlkit.data.decode import decode_images
-from tlkit.data.scan import DatasetIndex, listing
+from tlkit.data.index import DatasetIndex
+from tlkit.data.scan import listing
 from tlkit.errors import TlkitError
 from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
                       write_json)
@@ -72,14 +73,14 @@ def load_split(index: DatasetIndex, split: str, config: Config, progress: bool =
                 _build_image_cache(files, index.root, manifest, folder, config.runtime.workers, progress)
     kept = read_json(folder / "kept.json")
     labels = index.labels[split][kept]
-    for label, name in enumerate(index.class_names):
-        if label not in labels and label in index.labels[split]:
-            lost = [path.name for path, of in zip(files, index.labels[split]) if of == label]
-            problem = (f"class {name!r} has no readable image in the {split} split of {index.root}: "
-                       f"{listing(lost)} could not be decoded")
-            if split == "train":  # a class is never trained on zero images
-                raise TlkitError(f"{problem}; replace them, or remove the class folder")
-            log.warning("%s; its %s figures will be missing", problem, split)
+    lost_classes = index.present(index.labels[split]) & ~index.present(labels)
+    for label in np.flatnonzero(lost_classes):
+        lost = [path.name for path, of in zip(files, index.labels[split]) if index.present(of)[label]]
+        problem = (f"class {index.class_names[label]!r} has no readable image in the {split} split of {index.root}: "
+                   f"{listing(lost)} could not be decoded")
+        if split == "train":  # a class is never trained on zero images
+            raise TlkitError(f"{problem}; replace them, or remove the class folder")
+        log.warning("%s; its %s figures will be missing", problem, split)
     skipped = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
     images = np.load(folder / IMAGES_FILE, mmap_mode="r", allow_pickle=False)
     return Split(images, labels, [files[i] for i in kept], skipped, folder)

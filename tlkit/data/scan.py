@@ -11,57 +11,26 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tlkit.config import DataConfig
+from tlkit.data.index import DatasetIndex
 from tlkit.data.split import stratified_split
+from tlkit.data.table import is_table, scan_table
 from tlkit.errors import TlkitError
 
 log = logging.getLogger("tlkit")
 
-SPLIT_NAMES = ("train", "val", "test")
 #: Folder names accepted for each split of a pre-split dataset.
 SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 #: Names listed in one log line at most; the rest are counted.
 LISTED_NAMES = 10
 
-@dataclass(frozen=True)
-class DatasetIndex:
-    """The files of a dataset, by split, with integer labels into ``class_names``.
-
-    Attributes:
-        root: The dataset folder.
-        class_names: Class folder names, sorted; a label is an index into it.
-        files: Per split, the image paths (sorted within each class).
-        labels: Per split, an int array of labels aligned with ``files``.
-        presplit: True when the folder brought its own train/validation split.
-        skipped: ``{path: reason}`` for entries rejected while scanning (broken or looping
-            symlinks, folders that cannot be listed, special files); they are in no split.
-    """
-
-    root: Path
-    class_names: tuple[str, ...]
-    files: dict[str, list[Path]]
-    labels: dict[str, np.ndarray]
-    presplit: bool
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def counts(self) -> dict[str, int]:
-        """Number of files in each split."""
-        return {split: len(paths) for split, paths in self.files.items()}
-
-    def all_files(self) -> list[Path]:
-        """Every file of every split, in split order (the order features are cached in)."""
-        return [path for split in SPLIT_NAMES for path in self.files.get(split, [])]
-
-
-
-
 def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
-    """Index a dataset folder: pre-split (``train/`` + ``validation/``|``val/`` [+ ``test/``]) or plain.
+    """Index a dataset folder: pre-split (``train/`` + ``validation/``|``val/`` [+ ``test/``]) or plain; or
+    images labelled by a CSV (``root`` the CSV, or ``root`` the images folder and ``config.labels`` the CSV).
 
     A plain folder of class sub-folders is split here: per class, files are
     shuffled with ``config.seed`` and the first ``val_split`` / ``test_split``
@@ -74,9 +43,11 @@ def scan(root: str | Path, config: DataConfig) -> DatasetIndex:
 
     Raises:
         TlkitError: If the folder is missing, holds no class folders or an empty one, or its
-            splits' classes differ.
+            splits' classes differ; for a CSV, see :func:`tlkit.data.table.read_table`.
     """
     root = Path(root)
+    if config.labels or is_table(root):
+        return scan_table(root, config)
     if not root.exists():
         raise TlkitError(f"dataset folder not found: {root}")
     if not root.is_dir():
@@ -101,6 +72,9 @@ def require_classes(index: DatasetIndex) -> None:
         TlkitError: Naming the folder and how many class folders it has.
     """
     if len(index.class_names) < 2:
+        if index.labels_file is not None:
+            raise TlkitError(f"labels file {index.labels_file} has {len(index.class_names)} label(s); a classifier "
+                             "needs at least 2")
         raise TlkitError(f"{index.root} has {len(index.class_names)} class folder(s); a classifier needs at "
                          "least 2: add a folder of images per class")
 

@@ -11,8 +11,10 @@ import numpy as np
 
 from tlkit.augment import tta_views
 from tlkit.config import PREDICT_BATCH, TOP_K, TOP_LOSSES
-from tlkit.data.scan import SPLIT_NAMES, scan
+from tlkit.data.index import SPLIT_NAMES
+from tlkit.data.scan import scan
 from tlkit.errors import TlkitError
+from tlkit.inference.multilabel import MultiLabelEvaluation, evaluate_multilabel
 from tlkit.inference.predict import iter_probabilities
 from tlkit.runs import Run, resolve_run
 
@@ -133,11 +135,11 @@ def top_losses(probabilities: np.ndarray, labels: np.ndarray, paths: list, class
 
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,
              *, batch_size: int = PREDICT_BATCH, verbose: int = 0, mistakes: int = TOP_LOSSES,
-             tta: int = 1) -> Evaluation:
+             tta: int = 1, labels: str | Path | None = None) -> Evaluation | MultiLabelEvaluation:
     """Score a run on a labelled folder.
 
     Args:
-        data: A folder of class folders, or a split dataset; ``None`` means the run's own data.
+        data: A folder of class folders, a split dataset, or a labels CSV; ``None`` means the run's own data.
         run: A loaded run, a run folder, or ``None`` for the latest under ``runs/``.
         split: ``train``, ``val``, ``test`` or ``all``. By default: ``test`` when the data has
             one, else ``val``, except ``all`` for a plain folder given explicitly. A plain
@@ -147,6 +149,8 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         mistakes: How many of the most confident mistakes to list (:func:`top_losses`).
         tta: Test-time views averaged per image (1: none; see
             :func:`tlkit.inference.predict.view_probabilities`).
+        labels: A labels CSV for the images of ``data``, a folder (see :mod:`tlkit.data.table`); by
+            default the run's own, when ``data`` is the run's data folder.
 
     Returns:
         An :class:`Evaluation`: :func:`classification_metrics` of the images, and which they were.
@@ -162,6 +166,8 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     if data is None:
         data = run.data_dir
     data_config = run.config.data
+    if labels is not None or (explicit and Path(data).resolve() != Path(run.data_dir).resolve()):
+        data_config = dataclasses.replace(data_config, labels=str(Path(labels).resolve()) if labels else "")
     if explicit and split in (None, "all"):  # a plain folder is scored whole: nothing to split off
         data_config = dataclasses.replace(data_config, val_split=0.0, test_split=0.0)
     index = scan(data, data_config)
@@ -173,11 +179,15 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     if unknown:
         raise TlkitError(f"classes {', '.join(unknown)} of {data} are unknown to run {run.path} "
                          f"(it knows {', '.join(run.class_names)})")
+    if index.multi_label != run.multi_label:
+        kinds = ("single-label", "multi-label")
+        raise TlkitError(f"{data} is {kinds[index.multi_label]} data, run {run.path} a {kinds[run.multi_label]} "
+                         "classifier")
     names = SPLIT_NAMES if split == "all" else (split,)
     files = [p for name in names for p in index.files.get(name, [])]
     to_run_label = np.array([run.class_names.index(name) for name in index.class_names])
-    label_of = {p: to_run_label[label] for name in names for p, label in
-                zip(index.files.get(name, []), index.labels.get(name, []))}
+    label_of = {p: _in_run_order(label, to_run_label, len(run.class_names), run.multi_label)
+                for name in names for p, label in zip(index.files.get(name, []), index.labels.get(name, []))}
     kept, chunks = [], []
     for readable, probabilities, _ in iter_probabilities(run, files, batch_size, progress=bool(verbose), tta=tta):
         kept.extend(readable)
@@ -185,7 +195,20 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     if not kept:
         raise TlkitError(f"no readable images in the {split} split of {data} (each was skipped: see the warnings)")
     probabilities, labels = np.concatenate(chunks), np.array([label_of[p] for p in kept])
-    report = classification_metrics(probabilities, labels, run.class_names)
     skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
+    if run.multi_label:
+        return evaluate_multilabel(probabilities, labels, kept, run.thresholds, {
+            "data": str(data), "split": split, "tta": tta, "class_names": run.class_names, "skipped": skipped,
+            "mistakes": mistakes})
+    report = classification_metrics(probabilities, labels, run.class_names)
     return Evaluation(data=str(data), split=split, tta=tta, class_names=list(run.class_names), **report,
                       top_losses=top_losses(probabilities, labels, kept, run.class_names, mistakes), skipped=skipped)
+
+
+def _in_run_order(label, to_run_label: np.ndarray, labels: int, multi_label: bool):
+    """A dataset's label (an index, or a multi-label 0/1 row) as the run numbers its classes."""
+    if not multi_label:
+        return to_run_label[label]
+    row = np.zeros(labels, dtype=np.uint8)
+    row[to_run_label] = label
+    return row

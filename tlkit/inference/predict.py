@@ -36,18 +36,24 @@ _loaded: dict[tuple[Path, str], Run] = {}
 @dataclass(frozen=True)
 class Prediction:
     """The prediction for one image: the top class, its probability, the top k, and the run that made it
-    (its :attr:`~tlkit.runs.Run.identity`)."""
+    (its :attr:`~tlkit.runs.Run.identity`). A multi-label run's also has ``labels``, every label whose
+    probability reaches its threshold (in the run's label order), and ``top_k`` then ranks every label."""
 
     path: str
     label: str
     probability: float
     top_k: tuple[tuple[str, float], ...]
     run: str = ""
+    labels: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``), ``run``."""
-        return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top_k": [{"label": name, "probability": p} for name, p in self.top_k], "run": self.run}
+        """JSON-ready form: ``path``, ``label``, ``probability``, ``top_k`` (list of ``{label, probability}``), ``run``;
+        multi-label: ``labels`` (those predicted) and ``probabilities`` (``{label: probability}``, every label)."""
+        record = {"path": self.path, "label": self.label, "probability": self.probability,
+                  "top_k": [{"label": name, "probability": p} for name, p in self.top_k], "run": self.run}
+        if self.labels is not None:
+            record.update(labels=list(self.labels), probabilities=dict(self.top_k))
+        return record
 
 
 def prediction_run(run: Run | str | Path | None) -> Run:
@@ -78,12 +84,14 @@ def _load_reusing_the_last(path: Path) -> Run:
 
 
 def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
-                     batch_size: int = PREDICT_BATCH, tta: int = 1) -> Iterator[Prediction]:
+                     batch_size: int = PREDICT_BATCH, tta: int = 1, threshold: float | None = None
+                     ) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` per readable image, in order, a batch at a time.
 
     Folders are searched recursively; files that are not readable images are skipped
     with a warning naming them. ``tta`` > 1 averages the probabilities of that many
-    test-time views of each image (:func:`tlkit.augment.tta_views`).
+    test-time views of each image (:func:`tlkit.augment.tta_views`). A multi-label run predicts
+    each label whose probability reaches ``threshold`` (default: the run's thresholds).
 
     Raises:
         TlkitError: On a missing path, no files, a bad run, ``top_k < 1`` or a bad ``tta`` (at
@@ -93,8 +101,11 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
         raise TlkitError(f"invalid top_k: {top_k}; expected an integer >= 1")
     tta_views(tta)  # checked now, before any output
     run = prediction_run(run)  # checked now, not at the first item: nothing is printed before an error
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise TlkitError(f"invalid threshold: {threshold!r}; expected a probability in [0, 1]")
     files = list_images(paths)
-    k = min(top_k, len(run.class_names))
+    k = len(run.class_names) if run.multi_label else min(top_k, len(run.class_names))
+    cut = np.array(run.thresholds if threshold is None else [threshold] * len(run.class_names))
     identity = run.identity
 
     def predictions() -> Iterator[Prediction]:
@@ -103,8 +114,10 @@ def iter_predictions(paths: list[str | Path], run: Run | str | Path | None = Non
             for path, probs in zip(readable, probabilities):
                 order = np.argsort(-probs, kind="stable")[:k]
                 ranked = tuple((run.class_names[i], float(probs[i])) for i in order)
+                chosen = tuple(name for name, p, t in zip(run.class_names, probs, cut) if p >= t)  # in label order
                 count += 1
-                yield Prediction(str(path), ranked[0][0], ranked[0][1], ranked, identity)
+                yield Prediction(str(path), ";".join(chosen) if run.multi_label else ranked[0][0], ranked[0][1],
+                                 ranked, identity, chosen if run.multi_label else None)
         if count == 0:
             raise TlkitError(f"none of the {len(files)} file(s) given is a readable image "
                              "(each was skipped: see the warnings); give JPEG, PNG... image files")
@@ -155,7 +168,7 @@ def iter_probabilities(run: Run, files: list[Path], batch_size: int = PREDICT_BA
 
 
 def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k: int = 1,
-            batch_size: int = PREDICT_BATCH, tta: int = 1) -> list[Prediction]:
+            batch_size: int = PREDICT_BATCH, tta: int = 1, threshold: float | None = None) -> list[Prediction]:
     """Predict every image in ``paths`` (files or folders) with a run; see :func:`iter_predictions`.
 
     Args:
@@ -165,8 +178,9 @@ def predict(paths: list[str | Path], run: Run | str | Path | None = None, top_k:
         top_k: How many ranked classes each prediction carries.
         batch_size: Images decoded and predicted per step.
         tta: Test-time views averaged per image (1: none).
+        threshold: Multi-label: the probability from which a label is predicted (default: the run's).
 
     Returns:
         One :class:`Prediction` per readable image.
     """
-    return list(iter_predictions(paths, run, top_k, batch_size, tta))
+    return list(iter_predictions(paths, run, top_k, batch_size, tta, threshold))

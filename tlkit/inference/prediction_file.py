@@ -78,7 +78,7 @@ def predict_to_file(paths: list[str | Path], out: str | Path, run: Run | str | P
     tta_views(tta)
     run = prediction_run(run)
     files = list_images(paths)
-    writer = ResultsWriter(out, run.class_names, run.identity)
+    writer = ResultsWriter(out, run.class_names, run.identity, thresholds=run.thresholds if run.multi_label else None)
     done = writer.recorded(overwrite)
     todo = [path for path in files if str(path) not in done]
     if done:
@@ -93,12 +93,15 @@ def predict_to_file(paths: list[str | Path], out: str | Path, run: Run | str | P
 
 
 class ResultsWriter:
-    """Appends the prediction rows of one run to a CSV or JSON Lines file, one synced write per batch."""
+    """Appends the prediction rows of one run to a CSV or JSON Lines file, one synced write per batch; for a
+    multi-label run (``thresholds`` given), ``label`` holds every label reaching its threshold, joined by ``;``."""
 
-    def __init__(self, path: Path, class_names: tuple[str, ...], run_id: str) -> None:
+    def __init__(self, path: Path, class_names: tuple[str, ...], run_id: str, *,
+                 thresholds: list[float] | None = None) -> None:
         self.path = path
         self.class_names = class_names
         self.run_id = run_id
+        self.thresholds = thresholds
         self.csv = path.suffix.lower() == ".csv"
         self.header = ["path", "label", "probability", *(f"probability_{name}" for name in class_names), "error",
                        "run"]
@@ -143,7 +146,9 @@ class ResultsWriter:
         records = []
         for path, probabilities in rows:
             best = int(np.argmax(probabilities))
-            records.append({"path": path, "label": self.class_names[best], "probability": float(probabilities[best]),
+            label = self.class_names[best] if self.thresholds is None else ";".join(
+                name for name, p, t in zip(self.class_names, probabilities, self.thresholds) if p >= t)
+            records.append({"path": path, "label": label, "probability": float(probabilities[best]),
                             "probabilities": dict(zip(self.class_names, map(float, probabilities))),
                             "run": self.run_id})
         records += [{"path": path, "error": reason, "run": self.run_id} for path, reason in skipped.items()]

@@ -4,7 +4,7 @@ While a run trains, its folder holds ``checkpoint/``::
 
     state.json      what the run is (its identity: data, dataset and weights fingerprints, --from run;
                     its config) and how far it got: each finished phase's history, and the current
-                    phase's epochs, history and early-stopping state, with the size and CRC-32 of every
+                    phase's epochs, history, early-stopping and learning-rate schedule state, with the size and CRC-32 of every
                     array it names
     phase-N.npz     every variable of the model phase N left (the head, or the whole classifier),
                     written once per phase
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tlkit.config import Config, config_from_dict
 from tlkit.errors import TlkitError
 from tlkit.io import atomic_write, digest, read_json, write_json
 from tlkit.runs import CHECKPOINT_DIR, STATE_FILE
+from tlkit.training.callbacks import EarlyStopping, rate_state
 from tlkit.training.identity import RunIdentity
 
 log = logging.getLogger("tlkit")
@@ -181,6 +183,8 @@ PHASE_KEYS = {"name": str, "history": dict}
 CURRENT_KEYS = {"phase": int, "epochs_done": int, "history": dict, "stopped": bool,
                 "early_stopping": (dict, type(None)), "arrays": str}
 STOPPING_KEYS = {"wait": int, "best": (int, float, type(None)), "best_epoch": int, "best_weights": (str, type(None))}
+#: A plateau schedule's counters (``current.schedule``; absent in checkpoints of tlkit before schedules).
+PLATEAU_KEYS = {"wait": int, "best": (int, float, type(None)), "cooldown": int}
 
 
 def _check_state(state: dict) -> None:
@@ -196,6 +200,8 @@ def _check_state(state: dict) -> None:
         _require("current.", state["current"], CURRENT_KEYS)
         if state["current"]["early_stopping"] is not None:
             _require("current.early_stopping.", state["current"]["early_stopping"], STOPPING_KEYS)
+        if state["current"].get("schedule") is not None:
+            _require("current.schedule.", state["current"]["schedule"], PLATEAU_KEYS)
 
 
 def _require(where: str, part: Any, keys: dict[str, type | tuple[type, ...]]) -> None:
@@ -207,20 +213,6 @@ def _require(where: str, part: Any, keys: dict[str, type | tuple[type, ...]]) ->
             raise TlkitError(f"{STATE_FILE} has no {where}{key!r}")
         if not isinstance(part[key], kind):
             raise TlkitError(f"{STATE_FILE} holds a {type(part[key]).__name__} as {where}{key!r}")
-
-
-class EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras's ``EarlyStopping`` on ``val_loss`` keeping the best weights, able to start from a saved state."""
-
-    def __init__(self, patience: int, saved: dict | None = None) -> None:
-        super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
-        self.saved = saved
-
-    def on_train_begin(self, logs=None) -> None:
-        super().on_train_begin(logs)
-        if self.saved is not None:
-            self.wait, self.best, self.best_epoch = self.saved["wait"], self.saved["best"], self.saved["best_epoch"]
-            self.best_weights = self.saved.get("best_weights")
 
 
 class PhaseCheckpoint(keras.callbacks.Callback):
@@ -238,15 +230,20 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         fit_model: The compiled model being fitted (with the augmentation layer, if any).
         kept_model: The model the phase leaves (the head, or the classifier).
         patience: Early stopping's patience (0: none).
+        rates: ``saved state (or None) -> the callback of the phase's learning-rate schedule``; restored and
+            checkpointed with the phase, it is :attr:`rates` once :meth:`restore` has run.
     """
 
     def __init__(self, store: CheckpointStore, phase: int, name: str, fit_model: keras.Model,
-                 kept_model: keras.Model, patience: int) -> None:
+                 kept_model: keras.Model, patience: int, *,
+                 rates: Callable[[dict | None], keras.callbacks.Callback]) -> None:
         super().__init__()
         self.store, self.phase, self.name = store, phase, name
         self.fit_model, self.kept_model, self.patience = fit_model, kept_model, patience
+        self.make_rates = rates
         self.history: dict[str, list[float]] = {}
         self.stopping: EarlyStopping | None = None
+        self.rates: keras.callbacks.Callback | None = None
 
     def finished(self) -> dict | None:
         """If the phase finished earlier: load the variables it ended with into the kept model, return its history."""
@@ -270,9 +267,11 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         saved = self._saved_progress()
         if saved is None:
             self.stopping = EarlyStopping(self.patience) if self.patience else None
+            self.rates = self.make_rates(None)
             return 0, False
         self.history = {key: list(values) for key, values in saved["history"].items()}
         self.stopping = EarlyStopping(self.patience, saved["early_stopping"]) if self.patience else None
+        self.rates = self.make_rates(saved.get("schedule"))  # none in checkpoints of tlkit before schedules
         log.info("resuming phase %d after epoch %d", self.phase + 1, saved["epochs_done"])
         return saved["epochs_done"], saved["stopped"]
 
@@ -292,8 +291,10 @@ class PhaseCheckpoint(keras.callbacks.Callback):
         return {**current, "early_stopping": stopping}
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        first = not self.history  # later, a key the epochs before did not log (an older tlkit's) is left out
         for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
+            if first or key in self.history:
+                self.history.setdefault(key, []).append(float(value))
         self._save_epoch(epoch + 1, bool(self.fit_model.stop_training))
 
     def _save_epoch(self, epochs_done: int, stopped: bool) -> None:
@@ -310,7 +311,8 @@ class PhaseCheckpoint(keras.callbacks.Callback):
             early = {"wait": stopping.wait, "best": _float(stopping.best), "best_epoch": stopping.best_epoch,
                      "best_weights": best}
         self.store.state["current"] = {"phase": self.phase, "epochs_done": epochs_done, "history": self.history,
-                                       "stopped": stopped, "early_stopping": early, "arrays": arrays}
+                                       "stopped": stopped, "early_stopping": early, "arrays": arrays,
+                                       "schedule": rate_state(self.rates)}
         self.store.write_state()
 
     def finish(self) -> dict:

@@ -6,6 +6,9 @@ repeats) head trainings, each as quick as a ``features`` run's. The spread of th
 how far one train/validation split's figure can be trusted, and the validation curve averaged over
 all folds says how many epochs to train (Deep Learning with Python, 3.6.4; iterated K-fold with
 shuffling: 4.2.1).
+
+:func:`pool_features` (scan, extract, pool) and :func:`score_folds` (the K-fold of one head) are its two
+halves: ``tlkit tune`` pools once and scores a head of other settings per trial.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tlkit.errors import TlkitError
 from tlkit.features import extract, one_machine
 from tlkit.inference.evaluate import classification_metrics
 from tlkit.model import build_head, class_probabilities, compile_model, precision_policy, targets
+from tlkit.training.callbacks import rate_callback
 from tlkit.training.phases import row_weights
 
 log = logging.getLogger("tlkit")
@@ -86,7 +90,8 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     out, unseen); each repeat deals them into ``folds`` folds with :func:`stratified_folds`, and
     each fold in turn is scored by a fresh head trained on the other folds. The head, its
     optimisation and the features are those of ``features`` mode, from ``config.fit`` and ``config.model`` whatever
-    its ``mode``: ``epochs``, ``batch_size``, ``optimizer``, ``learning_rate``, ``pooling``,
+    its ``mode``: ``epochs``, ``batch_size``, ``optimizer``, ``learning_rate`` and ``lr_schedule`` (a ``plateau``
+    schedule reads the held-out fold's loss, as a run's reads its validation loss), ``pooling``,
     ``head_units``, ``dropout``, ``class_weight`` (computed on each fold's training images),
     ``weights`` and ``precision``. Every fold trains for exactly ``epochs`` epochs, without early
     stopping: were the held-out fold to choose the epoch, its score would be chosen on the data
@@ -107,18 +112,66 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
     Raises:
         TlkitError: On bad data or options, fewer than 2 classes, or a class with fewer images than folds.
     """
+    check_counts(folds, repeats)
+    config = config or Config()
+    pool = pool_features(data, config, folds, verbose)
+    results = score_folds(pool, config, folds, repeats)
+    accuracy = np.array([result["val_accuracy"] for result in results])
+    curves = {name: np.mean([result["history"][name] for result in results], axis=0)
+              for name in ("val_accuracy", "val_loss")}
+    return CVResult(
+        class_names=pool.class_names, folds=folds, repeats=repeats, images=len(pool.labels), fold_results=results,
+        repeat_accuracy=accuracy.reshape(repeats, folds).mean(axis=1).tolist(),
+        mean_accuracy=float(accuracy.mean()), std_accuracy=float(accuracy.std()),
+        mean_loss=float(np.mean([result["val_loss"] for result in results])),
+        epoch_val_accuracy=curves["val_accuracy"].tolist(), epoch_val_loss=curves["val_loss"].tolist(),
+        best_epoch=int(np.argmin(curves["val_loss"])) + 1, skipped=pool.skipped)
+
+
+def check_counts(folds: int, repeats: int) -> None:
+    """Refuse (:class:`TlkitError`) fewer than 2 folds or 1 repeat."""
     if folds < 2:
         raise TlkitError(f"invalid folds: {folds!r}; expected an integer >= 2")
     if repeats < 1:
         raise TlkitError(f"invalid repeats: {repeats!r}; expected an integer >= 1")
-    config = config or Config()
+
+
+@dataclass(frozen=True)
+class FoldPool:
+    """The features of the train and validation images, pooled to be dealt into folds (see :func:`pool_features`).
+
+    Attributes:
+        x: One feature row per image.
+        labels: The label of each row.
+        class_names: Class names in label order.
+        skipped: ``{path: reason}`` for the files left out (as :attr:`CVResult.skipped`).
+        features: The feature-cache folder read; its name is a digest of the images and of how their
+            features were extracted (see :func:`tlkit.features.manifest`).
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    skipped: dict[str, str]
+    features: Path
+
+
+def pool_features(data: str | Path, config: Config, folds: int, verbose: int = 0) -> FoldPool:
+    """Scan ``data``, extract (or reuse) its features, and pool its train and validation images for ``folds``
+    folds: every head scored on them afterwards (:func:`score_folds`) reuses them, with nothing scanned again.
+
+    Raises:
+        TlkitError: On bad data or options, fewer than 2 classes, or a class with fewer images than folds.
+    """
     config.check_memory()
     devices = resolve(one_machine(config.runtime.distribute))
     index = scan(data, config.data)
     require_classes(index)
+    if index.multi_label:
+        raise TlkitError(f"{data} is multi-label data: its folds would be stratified by one class per image; "
+                         "tlkit cv and tlkit tune are for single-label data")
     features = extract(index, config, verbose, devices)
     pooled = [features.split(name) for name in POOLED_SPLITS]
-    x = np.concatenate([part[0] for part in pooled])
     labels = np.concatenate([part[1] for part in pooled])
     counts = np.bincount(labels, minlength=len(index.class_names))
     few = [f"class {name!r} has {count} image(s)" for name, count in zip(index.class_names, counts) if count < folds]
@@ -126,30 +179,30 @@ def cross_validate(data: str | Path, config: Config | None = None, folds: int = 
         raise TlkitError(f"too few images for {folds} folds: {', '.join(few)} (train and validation pooled); "
                          "every fold needs an image of each class: use fewer folds or add images")
     test_files = {str(path) for path in index.files.get("test", [])}
+    return FoldPool(x=np.concatenate([part[0] for part in pooled]), labels=labels, class_names=index.class_names,
+                    skipped={path: reason for path, reason in features.skipped.items() if path not in test_files},
+                    features=features.path)
+
+
+def score_folds(pool: FoldPool, config: Config, folds: int, repeats: int = 1, level: int = logging.INFO) -> list[dict]:
+    """Score the head of ``config`` by stratified K-fold on ``pool``: one entry per (repeat, fold), as
+    :attr:`CVResult.fold_results`, each fold's scores logged at ``level``. The folds and each fold's head
+    draw from ``config.data.seed`` alone: heads of other settings scored on the same pool meet the same folds
+    and the same seeds."""
     results = []
     with precision_policy(config.runtime.precision):
-        head = _FoldHead(x.shape[1:], len(index.class_names), config)
+        head = _FoldHead(pool.x.shape[1:], len(pool.class_names), config)
         for repeat in range(repeats):
-            assignment = stratified_folds(labels, folds, config.data.seed, repeat)
+            assignment = stratified_folds(pool.labels, folds, config.data.seed, repeat)
             for fold in range(folds):
                 scored = assignment == fold
                 seed = (config.data.seed + repeat * folds + fold) % 2**32  # each fold its own head and order
-                result = _fit_fold(head, (x[~scored], labels[~scored]), (x[scored], labels[scored]),
-                                   index.class_names, config, seed)
-                log.info("repeat %d/%d, fold %d/%d: val_accuracy %.4f, val_loss %.4f", repeat + 1, repeats,
-                         fold + 1, folds, result["val_accuracy"], result["val_loss"])
+                result = _fit_fold(head, (pool.x[~scored], pool.labels[~scored]),
+                                   (pool.x[scored], pool.labels[scored]), pool.class_names, config, seed)
+                log.log(level, "repeat %d/%d, fold %d/%d: val_accuracy %.4f, val_loss %.4f", repeat + 1, repeats,
+                        fold + 1, folds, result["val_accuracy"], result["val_loss"])
                 results.append({"repeat": repeat, "fold": fold, **result})
-    accuracy = np.array([result["val_accuracy"] for result in results])
-    curves = {name: np.mean([result["history"][name] for result in results], axis=0)
-              for name in ("val_accuracy", "val_loss")}
-    return CVResult(
-        class_names=index.class_names, folds=folds, repeats=repeats, images=len(labels), fold_results=results,
-        repeat_accuracy=accuracy.reshape(repeats, folds).mean(axis=1).tolist(),
-        mean_accuracy=float(accuracy.mean()), std_accuracy=float(accuracy.std()),
-        mean_loss=float(np.mean([result["val_loss"] for result in results])),
-        epoch_val_accuracy=curves["val_accuracy"].tolist(), epoch_val_loss=curves["val_loss"].tolist(),
-        best_epoch=int(np.argmin(curves["val_loss"])) + 1,
-        skipped={path: reason for path, reason in features.skipped.items() if path not in test_files})
+    return results
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int, repeat: int = 0) -> np.ndarray:
@@ -204,7 +257,8 @@ def _fit_fold(head: _FoldHead, trained_on: tuple[np.ndarray, np.ndarray], held_o
     batches = Batches(x_train, targets(y_train, classes), settings.batch_size, shuffle=True, seed=seed,
                       weights=row_weights(y_train, classes, settings.class_weight))
     # shuffle=False: Batches draws each epoch's order from (seed, epoch), as train does
-    fitted = model.fit(batches, epochs=settings.epochs, shuffle=False, verbose=0,
+    rates = rate_callback(settings.lr_schedule, settings.learning_rate, settings.epochs, settings)
+    fitted = model.fit(batches, epochs=settings.epochs, shuffle=False, verbose=0, callbacks=[rates],
                        validation_data=(x_val, targets(y_val, classes)))
     report = classification_metrics(class_probabilities(model, x_val, settings.batch_size), y_val, class_names)
     return {"train_images": len(y_train), "val_images": len(y_val), "val_accuracy": report["accuracy"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tlkit.backbone import weights_identity
 from tlkit.config import Config
-from tlkit.data.scan import DatasetIndex
+from tlkit.data.index import DatasetIndex
 from tlkit.errors import TlkitError
 from tlkit.io import relative_name
 
@@ -28,7 +28,8 @@ class RunIdentity:
 
     Attributes:
         data: The dataset folder, resolved.
-        dataset: SHA-256 of the dataset's files by name (relative to the folder) and size. Times are
+        dataset: SHA-256 of the dataset's files by name (relative to the folder) and size (and, for labels
+            from a CSV, each file's split and label). Times are
             left out, so a dataset copied to another disk or machine (a preempted job restarting
             elsewhere) still matches; a file added, removed, renamed or resized does not.
         weights: The weights' identity (:func:`tlkit.backbone.weights_identity`).
@@ -51,6 +52,9 @@ class RunIdentity:
             TlkitError: If the weights file is missing.
         """
         records = [[relative_name(path, index.root), path.stat().st_size] for path in index.all_files()]
+        if index.labels_file is not None:  # labels from a CSV: a label or split changed there is other data
+            records += [[split, relative_name(path, index.root), index.label_text(label)]
+                        for split, paths in index.files.items() for path, label in zip(paths, index.labels[split])]
         weights = weights_identity(config.model.weights)
         settings = config.run_settings()
         settings["model"]["weights"] = weights

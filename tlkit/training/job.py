@@ -13,13 +13,14 @@ from pathlib import Path
 
 from tlkit.backends.devices import Devices, all_or_none, resolve
 from tlkit.config import DEFAULT_RUNS_DIR, Config
-from tlkit.data.scan import DatasetIndex, require_classes, scan
+from tlkit.data.index import DatasetIndex
+from tlkit.data.scan import require_classes, scan
 from tlkit.errors import TlkitError
 from tlkit.locks import RUN_LOCK, FolderLock, holder, in_use, lock_run, run_in_use
 from tlkit.runs import CHECKPOINT_DIR, MODEL_FILE, STATE_FILE, Run, interrupted_runs, load_run, new_run_dir
 from tlkit.training.checkpoint import CheckpointStore
 from tlkit.training.identity import RunIdentity, check_resume, difference
-from tlkit.training.phases import Diverged
+from tlkit.training.callbacks import Diverged
 
 log = logging.getLogger("tlkit")
 
@@ -228,9 +229,11 @@ def _open_run(data: str | Path, config: Config, run_dir: str | Path | None, from
         config = _adopt(start, config)
     index = scan(data, config.data)
     require_classes(index)
+    if index.multi_label and config.fit.class_weight != "none":
+        raise TlkitError("--class-weight auto weighs classes of single-label data; multi-label data has none to weigh")
     if not index.files["val"]:
         raise TlkitError(f"no validation images in {index.root}: set --val-split above 0 or add a validation/ folder")
-    if start is not None and start.class_names != index.class_names:
+    if start is not None and (start.class_names, start.multi_label) != (index.class_names, index.multi_label):
         raise TlkitError(f"run {start.path} was trained on classes {', '.join(start.class_names)}, "
                          f"but {index.root} has {', '.join(index.class_names)}")
     identity = RunIdentity.of(data, index, config, from_run)  # a missing weights file fails before the folder is made

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -29,6 +29,7 @@ from tlkit.data.image_cache import Split
 from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet
 from tlkit.model import build_head, compile_model, targets
+from tlkit.training.callbacks import StopOnNonFinite, rate_callback
 from tlkit.training.checkpoint import CheckpointStore, PhaseCheckpoint
 from tlkit.training.interrupt import CtrlC
 
@@ -49,6 +50,7 @@ class Phase:
         on_features: A fresh head on cached features; otherwise the whole classifier on augmented images.
         epochs: Most epochs.
         learning_rate: Its learning rate.
+        schedule: Its learning-rate schedule (see :mod:`tlkit.training.callbacks`).
         unfreeze_from: For the whole classifier: the first base layer trained (``None``: the base frozen).
     """
 
@@ -56,6 +58,7 @@ class Phase:
     on_features: bool
     epochs: int
     learning_rate: float
+    schedule: str = "constant"
     unfreeze_from: str | None = None
 
     def describe(self) -> str:
@@ -64,7 +67,8 @@ class Phase:
                 "warmup (features)": "warm-up of the head on cached features",
                 "warmup (frozen)": "warm-up of the head on the frozen base",
                 "finetune": f"fine-tuning {self.unfreeze_from} and up"}[self.name]
-        return f"{what} at lr {self.learning_rate:g}, up to {self.epochs} epochs"
+        schedule = "" if self.schedule == "constant" else f" ({self.schedule} schedule)"
+        return f"{what} at lr {self.learning_rate:g}{schedule}, up to {self.epochs} epochs"
 
     @property
     def option(self) -> str:
@@ -76,12 +80,13 @@ def phases_for(config: Config, from_earlier_run: bool) -> list[Phase]:
     """The phases of ``config.fit.mode``; a fine-tuning that starts from an earlier run's model skips its warm-up."""
     fit, mode = config.fit, config.fit.mode
     if mode == "features":
-        return [Phase("features", True, fit.epochs, fit.learning_rate)]
+        return [Phase("features", True, fit.epochs, fit.learning_rate, fit.lr_schedule)]
     if mode == "frozen":
-        return [Phase("frozen", False, fit.epochs, fit.learning_rate)]
+        return [Phase("frozen", False, fit.epochs, fit.learning_rate, fit.lr_schedule)]
     warmup = [] if from_earlier_run else [Phase(f"warmup ({fit.warmup_mode})", fit.warmup_mode == "features",
-                                                fit.warmup_epochs, fit.learning_rate)]
-    return [*warmup, Phase("finetune", False, fit.epochs, fit.finetune_learning_rate, config.model.unfreeze_from)]
+                                                fit.warmup_epochs, fit.learning_rate, fit.lr_schedule)]
+    return [*warmup, Phase("finetune", False, fit.epochs, fit.finetune_learning_rate, fit.finetune_lr_schedule,
+                           config.model.unfreeze_from)]
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Fitting:
         verbose: 0 silent, 1 progress bars.
         phases: How many phases the training has.
         tensorboard: The folder of TensorBoard logs, if asked for (a subfolder per phase).
+        multi_label: Each image has any number of the labels (a sigmoid unit per label).
     """
 
     config: Config
@@ -107,6 +113,7 @@ class Fitting:
     verbose: int
     phases: int = 1
     tensorboard: Path | None = None
+    multi_label: bool = False
 
 
 def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) -> tuple[keras.Model, dict]:
@@ -116,19 +123,22 @@ def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) 
     x_val, y_val, _ = features.split("val")
     classes = fitting.classes
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached
-    head = build_head(x_train.shape[1:], classes, config.model, config.data.seed)
+    multi = fitting.multi_label
+    head = build_head(x_train.shape[1:], classes, config.model, config.data.seed, multi)
     fit_model = trainer(head)
     compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1,
-                  label_smoothing=config.fit.label_smoothing)
+                  label_smoothing=config.fit.label_smoothing, multi_label=multi)
     weights = row_weights(y_train, classes, config.fit.class_weight)
 
     def batches(epoch: int):
-        return sharded(Batches(x_train, targets(y_train, classes), config.fit.batch_size, shuffle=True,
+        return sharded(Batches(x_train, targets(y_train, classes, multi), config.fit.batch_size, shuffle=True,
                                seed=config.data.seed, epoch=epoch, weights=weights), devices)
 
-    validation = sharded(Batches(x_val, targets(y_val, classes), config.fit.batch_size), devices, whole_epoch=True)
-    return head, fit_phase(PhaseCheckpoint(fitting.store, number, phase.name, fit_model, head, config.fit.patience),
-                           batches, validation, phase, fitting)
+    validation = sharded(Batches(x_val, targets(y_val, classes, multi), config.fit.batch_size), devices,
+                         whole_epoch=True)
+    checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, head, config.fit.patience,
+                                 rates=phase_rates(phase, config))
+    return head, fit_phase(checkpoint, batches, validation, phase, fitting)
 
 
 def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, phase: Phase,
@@ -143,7 +153,7 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
     config, devices = fitting.config, fitting.devices
     train, val = splits["train"], splits["val"]
     classes = fitting.classes
-    labels = targets(train.labels, classes)
+    labels = targets(train.labels, classes, fitting.multi_label)
     weights = row_weights(train.labels, classes, config.fit.class_weight)
     seed = config.data.seed + number  # each phase its own order and augmentations
     if config.runtime.augment_on == "device":
@@ -160,11 +170,17 @@ def fit_classifier(model: keras.Model, splits: dict[str, Split], number: int, ph
             return sharded(AugmentedBatches(train.images, labels, config.fit.batch_size, config.augment, seed=seed,
                                             epoch=epoch, weights=weights), devices)
     compile_model(fit_model, classes, config.fit.optimizer, phase.learning_rate, weighted_accuracy=devices.count > 1,
-                  label_smoothing=config.fit.label_smoothing)
-    validation = sharded(Batches(val.images, targets(val.labels, classes), config.fit.batch_size), devices,
-                         whole_epoch=True)
-    checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, model, config.fit.patience)
+                  label_smoothing=config.fit.label_smoothing, multi_label=fitting.multi_label)
+    validation = sharded(Batches(val.images, targets(val.labels, classes, fitting.multi_label), config.fit.batch_size),
+                         devices, whole_epoch=True)
+    checkpoint = PhaseCheckpoint(fitting.store, number, phase.name, fit_model, model, config.fit.patience,
+                                 rates=phase_rates(phase, config))
     return fit_phase(checkpoint, batches, validation, phase, fitting)
+
+
+def phase_rates(phase: Phase, config: Config) -> Callable[[dict | None], keras.callbacks.Callback]:
+    """``saved state -> the callback of the phase's learning-rate schedule``."""
+    return partial(rate_callback, phase.schedule, phase.learning_rate, phase.epochs, config.fit)
 
 
 def trainer(model: keras.Model, augment: keras.layers.Layer | None = None) -> keras.Model:
@@ -211,7 +227,7 @@ def fit_phase(checkpoint: PhaseCheckpoint, batches: Callable[[int], keras.utils.
     with CtrlC() as ctrl_c:
         checkpoint.fit_model.fit(batches(done), epochs=done if stopped else phase.epochs, initial_epoch=done,
                                  shuffle=False, validation_data=validation,
-                                 callbacks=[guard, *own, *fitting.callbacks, checkpoint, ctrl_c],
+                                 callbacks=[guard, checkpoint.rates, *own, *fitting.callbacks, checkpoint, ctrl_c],
                                  verbose="auto" if fitting.verbose else 0)
     history = checkpoint.finish()
     _log_kept_epoch(checkpoint.phase, phase, history, fitting.config.fit.patience)
@@ -240,34 +256,6 @@ def check_tensorboard(folder: str | Path) -> None:
     if missing:
         raise TlkitError(f"--tensorboard needs {' and '.join(missing)} installed (Keras writes TensorBoard logs "
                          f"through tf.summary, whatever the backend): pip install {' '.join(missing)}")
-
-
-class Diverged(TlkitError):
-    """The loss became NaN or infinite: nothing of the fit is worth keeping or resuming."""
-
-
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops a fit at once, with :class:`Diverged`, when its loss becomes NaN or infinite (before the
-    epoch is checkpointed: no diverged weights are ever kept)."""
-
-    def __init__(self, phase: int, option: str, learning_rate: float) -> None:
-        super().__init__()
-        self.phase, self.option, self.learning_rate = phase, option, learning_rate
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        self._check((logs or {}).get("loss"))
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self._check((logs or {}).get("val_loss"))
-
-    def _check(self, value: float | None) -> None:
-        if value is not None and not math.isfinite(float(value)):
-            raise Diverged(f"loss became {float(value)} at phase {self.phase + 1} epoch {self.epoch + 1}: lower "
-                             f"{self.option} (it is {self.learning_rate:g}); training stopped and no run was saved")
 
 
 def class_weights(labels: np.ndarray, classes: int, mode: str) -> np.ndarray | None:

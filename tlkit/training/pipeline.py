@@ -19,10 +19,11 @@ import keras
 import numpy as np
 
 from tlkit.backbone import BASE_NAME, build_base, set_trainable_from
-from tlkit.config import Config
+from tlkit.config import MULTI_LABEL_THRESHOLD, Config
 from tlkit.data.image_cache import Split, load_split
 from tlkit.features import FeatureSet, extract
 from tlkit.inference.evaluate import classification_metrics
+from tlkit.inference.multilabel import MULTI_LABEL_FIGURES, multilabel_metrics, tune_thresholds
 from tlkit.model import build_classifier, build_head, class_probabilities, precision_policy
 from tlkit.runs import best_epoch, write_run
 from tlkit.training.job import Job, prepare
@@ -113,7 +114,7 @@ def _fit_score_write(job: Job, verbose: int, callbacks: list, tensorboard: str |
     keras.utils.set_random_seed(config.data.seed)
     planned = phases_for(config, job.start is not None)
     fitting = Fitting(config, len(index.class_names), job.devices, job.store, callbacks, verbose, len(planned),
-                      Path(tensorboard) if tensorboard is not None and job.devices.chief else None)
+                      Path(tensorboard) if tensorboard is not None and job.devices.chief else None, index.multi_label)
     job.skipped.update(index.skipped)  # symlink loops and other entries the scan rejected
     model = job.start.model if job.start is not None else None
     features: FeatureSet | None = None
@@ -133,7 +134,7 @@ def _fit_score_write(job: Job, verbose: int, callbacks: list, tensorboard: str |
                 base = build_base(config.model.weights, config.data.image_size, config.data.seed)
                 keras.utils.set_random_seed(config.data.seed)
                 model = build_classifier(base, build_head(base.output_shape[1:], fitting.classes, config.model,
-                                                          config.data.seed))
+                                                          config.data.seed, index.multi_label))
             set_trainable_from(model.get_layer(BASE_NAME), phase.unfreeze_from)
             history = fit_classifier(model, splits, number, phase, fitting)
         phases.append({"name": phase.name, "history": history})
@@ -149,7 +150,8 @@ def _fit_score_write(job: Job, verbose: int, callbacks: list, tensorboard: str |
         log.info("process %d of %d done (val_accuracy %.4f); process 0 writes the run", job.devices.process,
                  job.devices.processes, metrics["val_accuracy"])
         return TrainResult(model, index.class_names, phases, metrics, None, config)
-    record = {"data_dir": str(index.root.resolve()), "presplit": index.presplit, "class_names": list(index.class_names),
+    record = {"data_dir": job.identity.data, "presplit": index.presplit, "class_names": list(index.class_names),
+              "multi_label": index.multi_label,
               "from_run": str(job.start.path) if job.start is not None else None,
               "distribution": job.devices.describe()}
     write_run(job.out, model, config, record, phases, metrics)
@@ -170,14 +172,24 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     run's figures and a later evaluation agree); best epoch, split sizes, skipped files, class weights."""
     index, config, skipped = job.index, job.config, job.skipped
     metrics: dict = {}
+    thresholds = None
     for name in ("val", "test"):
         if name in index.files:
             inputs, labels = scored[name]
-            report = classification_metrics(class_probabilities(model, inputs, config.fit.batch_size, job.devices),
-                                            labels, index.class_names)
+            probabilities = class_probabilities(model, inputs, config.fit.batch_size, job.devices)
+            if index.multi_label:
+                if name == "val" and config.fit.tune_thresholds:
+                    thresholds = tune_thresholds(probabilities, labels)
+                report = multilabel_metrics(probabilities, labels, index.class_names, thresholds)
+                metrics.update({f"{name}_{key}": report[key] for key in MULTI_LABEL_FIGURES})
+            else:
+                report = classification_metrics(probabilities, labels, index.class_names)
             metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = report["loss"], report["accuracy"]
             if "top_5_accuracy" in report:
                 metrics[f"{name}_top_5_accuracy"] = report["top_5_accuracy"]
+    if index.multi_label:
+        metrics["thresholds"] = dict(zip(index.class_names, map(float, thresholds if thresholds is not None else
+                                                                  [MULTI_LABEL_THRESHOLD] * len(index.class_names))))
     last = phases[-1]["history"]
     best = best_epoch(phases)
     metrics.update({
@@ -192,6 +204,6 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     })
     trained_on = np.array([label for path, label in zip(index.files["train"], index.labels["train"])
                            if str(path) not in skipped])  # the readable images, as the fits weighed them
-    weights = class_weights(trained_on, len(index.class_names), config.fit.class_weight)
+    weights = None if index.multi_label else class_weights(trained_on, len(index.class_names), config.fit.class_weight)
     metrics["class_weight"] = None if weights is None else dict(zip(index.class_names, map(float, weights)))
     return metrics
