@@ -103,12 +103,18 @@ class DataConfig(Section):
         super().__post_init__()
         check(self.val_split + self.test_split < 1.0, "val_split + test_split",
               self.val_split + self.test_split, "below 1 so that some images are left to train on")
-        columns = self.label_columns.split(",") if self.label_columns else []
-        check(all(name.strip() for name in columns) and len(set(columns)) == len(columns), "label_columns",
-              self.label_columns, "distinct column names separated by commas")
+        columns = self.label_column_names
+        check(all(columns) and len(set(columns)) == len(columns), "label_columns", self.label_columns,
+              "distinct column names separated by commas")
         check(len(columns) != 1, "label_columns", self.label_columns, "two or more columns (one per label)")
         if self.labels:  # recorded resolved, wherever it is run from
             object.__setattr__(self, "labels", str(Path(self.labels).expanduser().resolve()))
+
+
+    @property
+    def label_column_names(self) -> tuple[str, ...]:
+        """``label_columns`` as a tuple of names (empty: labels come from a ``label`` column)."""
+        return tuple(name.strip() for name in self.label_columns.split(",")) if self.label_columns else ()
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from PIL import Image
 from tlkit import __version__
 from tlkit.config import PREDICT_BATCH, TOP_LOSSES
 from tlkit.data.decode import decode_image, read_rgb
-from tlkit.inference.evaluate import Evaluation, evaluate
+from tlkit.inference.evaluate import Evaluation, MultiLabelEvaluation, evaluate
 from tlkit.inference.explain import Explanation, explain_images
-from tlkit.inference.multilabel import MultiLabelEvaluation
 from tlkit.io import atomic_write, read_json
 from tlkit.outputs import check_output
 from tlkit.plots import LABELLED_CLASSES, confusion_png, top_confusions

@@ -54,11 +54,10 @@ def _data(path: str | None) -> None:
 
 def _labels_table(data: str | None, config: cfg.Config) -> None:
     """A labels CSV given as the data, read as the settings say (its columns and rows): before any framework."""
-    from tlkit.data.table import is_table, read_table  # numpy and Pillow: not for --help
+    from tlkit.data.table import is_table, read_labels  # numpy and Pillow: not for --help
 
     if data is not None and is_table(data) and not config.data.labels:
-        columns = tuple(name.strip() for name in config.data.label_columns.split(",") if name.strip())
-        read_table(data, separator=config.data.label_separator, label_columns=columns)
+        read_labels(Path(data), config.data)
 
 
 def _labels(path: str | None) -> None:

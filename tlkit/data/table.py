@@ -101,6 +101,13 @@ def read_table(source: str | Path, images: str | Path | None = None, *, separato
     return table
 
 
+def read_labels(root: Path, config: DataConfig) -> LabelTable:
+    """The labels CSV of a dataset as ``config`` says to read it: ``root`` itself, or ``config.labels`` for the
+    images folder ``root``, with its separator and label columns (see :func:`read_table`)."""
+    return read_table(config.labels or root, root if config.labels else None, separator=config.label_separator,
+                      label_columns=config.label_column_names)
+
+
 def scan_table(root: Path, config: DataConfig) -> DatasetIndex:
     """The index of images labelled by a CSV (``root``, or the images folder ``root`` with ``config.labels``):
     its split column's split, or one drawn as for a plain folder (multi-label data: by
@@ -112,9 +119,7 @@ def scan_table(root: Path, config: DataConfig) -> DatasetIndex:
     if config.labels and not root.is_dir():
         raise TlkitError(f"with labels from {config.labels}, the dataset is the folder of its images: {root} is "
                          "not a folder" + (" (give the CSV as the dataset, without --labels)" if is_table(root) else ""))
-    columns = tuple(name.strip() for name in config.label_columns.split(",")) if config.label_columns else ()
-    table = read_table(config.labels or root, root if config.labels else None, separator=config.label_separator,
-                       label_columns=columns)
+    table = read_labels(root, config)
     files = [path for path, _, _ in table.rows]
     if table.multi_label:
         class_names = table.label_names
@@ -239,5 +244,5 @@ def _unusable(path: Path, root: str, seen: dict[str, int]) -> str | None:
     if str(path) in seen:
         return f"listed already on row {seen[str(path)]}"
     if not path.is_file():
-        return "file not found"
+        return "not a regular file" if path.exists() else "file not found"
     return None

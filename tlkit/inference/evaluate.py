@@ -14,27 +14,45 @@ from tlkit.config import PREDICT_BATCH, TOP_K, TOP_LOSSES
 from tlkit.data.index import SPLIT_NAMES
 from tlkit.data.scan import scan
 from tlkit.errors import TlkitError
-from tlkit.inference.multilabel import MultiLabelEvaluation, evaluate_multilabel
+from tlkit.inference.multilabel import EPSILON, multilabel_metrics
 from tlkit.inference.predict import iter_probabilities
 from tlkit.runs import Run, resolve_run
 
-#: Probabilities are clipped to [EPSILON, 1 - EPSILON] in the loss, as Keras does.
-EPSILON = 1e-7
 SPLIT_CHOICES = (*SPLIT_NAMES, "all")
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """What :func:`evaluate` returns: a run scored on labelled images.
+class Scores:
+    """What every evaluation of a run says first.
 
     Attributes:
-        data: The dataset folder.
+        data: The dataset (folder or labels CSV).
         split: The split scored (``train``, ``val``, ``test`` or ``all``).
         tta: Test-time views averaged per image (1: none).
-        class_names: The run's classes, in label order.
+        class_names: The run's classes (or labels), in label order.
         count: Images scored.
         loss: Mean cross-entropy.
-        accuracy: Fraction of images whose top class is right.
+        accuracy: Fraction of images classified right (multi-label: with every label decided right).
+    """
+
+    data: str
+    split: str
+    tta: int
+    class_names: list[str]
+    count: int
+    loss: float
+    accuracy: float
+
+    def to_dict(self) -> dict:
+        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Evaluation(Scores):
+    """What :func:`evaluate` returns for a run of one class per image (the fields of :class:`Scores` first).
+
+    Attributes:
         confusion_matrix: Counts; rows are true classes, columns predicted ones.
         confusion_matrix_normalized: Each row divided by its total (a class with no images: zeros).
         per_class: ``{name: {"precision", "recall", "f1", "support"}}``.
@@ -45,13 +63,6 @@ class Evaluation:
         top_5_accuracy: Past 5 classes, the fraction of images whose class is among the 5 most probable.
     """
 
-    data: str
-    split: str
-    tta: int
-    class_names: list[str]
-    count: int
-    loss: float
-    accuracy: float
     confusion_matrix: list[list[int]]
     confusion_matrix_normalized: list[list[float]]
     per_class: dict[str, dict]
@@ -60,10 +71,6 @@ class Evaluation:
     top_losses: list[dict]
     skipped: list[str]
     top_5_accuracy: float | None = None
-
-    def to_dict(self) -> dict:
-        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
-        return dataclasses.asdict(self)
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -131,6 +138,53 @@ def top_losses(probabilities: np.ndarray, labels: np.ndarray, paths: list, class
     mistakes = [i for i in np.argsort(-losses, kind="stable") if predicted[i] != labels[i]][:count]
     return [{"path": str(paths[i]), "true": class_names[labels[i]], "predicted": class_names[predicted[i]],
              "probability": float(probabilities[i, predicted[i]]), "loss": float(losses[i])} for i in mistakes]
+
+
+@dataclass(frozen=True)
+class MultiLabelEvaluation(Scores):
+    """What :func:`evaluate` returns for a multi-label run (the fields of :class:`Scores` first, ``loss`` the
+    mean binary cross-entropy over images and labels, ``accuracy`` the subset accuracy; each figure as
+    :mod:`tlkit.inference.multilabel` defines it).
+
+    Attributes:
+        micro_f1, macro_f1, mean_average_precision: Over all labels.
+        per_label: ``{name: {precision, recall, f1, average_precision, support, threshold}}``.
+        top_losses: The images decided worst: ``[{"path", "true", "predicted", "loss", "label", "probability"}]``
+            (label lists; loss the image's mean cross-entropy; ``label`` the one decided most wrongly, with its
+            probability), the worst first, only images with a wrong decision.
+        skipped: As :class:`Evaluation`'s.
+    """
+
+    micro_f1: float
+    macro_f1: float
+    mean_average_precision: float
+    per_label: dict[str, dict]
+    top_losses: list[dict]
+    skipped: list[str]
+    multi_label: bool = True
+
+
+def evaluate_multilabel(probabilities: np.ndarray, truth: np.ndarray, paths: list, thresholds: list[float],
+                        about: dict) -> MultiLabelEvaluation:
+    """The :class:`MultiLabelEvaluation` of ``probabilities`` against ``truth`` (rows in the run's label order),
+    deciding at ``thresholds``; ``about``: ``data``, ``split``, ``tta``, ``class_names``, ``skipped``,
+    ``mistakes`` (how many of the worst images to list)."""
+    names = list(about["class_names"])
+    report = multilabel_metrics(probabilities, truth, names, np.asarray(thresholds))
+    p = np.clip(probabilities, EPSILON, 1 - EPSILON)
+    losses = -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)
+    decided = probabilities >= np.asarray(thresholds)
+    wrong = [i for i in np.argsort(-losses, kind="stable") if (decided[i] != truth[i].astype(bool)).any()]
+    furthest = np.abs(probabilities - truth).argmax(axis=1)  # the label decided most wrongly, per image
+    worst = [{"path": str(paths[i]), "true": [n for n, on in zip(names, truth[i]) if on],
+              "predicted": [n for n, on in zip(names, decided[i]) if on], "loss": float(losses[i]),
+              "label": names[furthest[i]], "probability": float(probabilities[i, furthest[i]])}
+             for i in wrong[:about["mistakes"]]]
+    return MultiLabelEvaluation(
+        data=about["data"], split=about["split"], tta=about["tta"], class_names=names, count=report["count"],
+        loss=report["loss"], accuracy=report["subset_accuracy"], micro_f1=report["micro_f1"],
+        macro_f1=report["macro_f1"], mean_average_precision=report["mean_average_precision"],
+        per_label=report["per_label"], top_losses=worst, skipped=about["skipped"])
 
 
 def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None, split: str | None = None,

@@ -6,14 +6,13 @@
   the labels' average precisions averaged), subset accuracy (images with every label right), and the
   binary cross-entropy of the probabilities.
 
-Thresholds are 0.5 unless tuned (:func:`tune_thresholds`): per label, the one that maximises its F1 on the
-validation images (``tlkit train --tune-thresholds``).
+:func:`tlkit.evaluate` gives them for a multi-label run as a
+:class:`tlkit.inference.evaluate.MultiLabelEvaluation`. Thresholds are 0.5 unless tuned
+(:func:`tune_thresholds`): per label, the one that maximises its F1 on the validation images
+(``tlkit train --tune-thresholds``).
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,7 +47,7 @@ def multilabel_metrics(probabilities: np.ndarray, truth: np.ndarray, label_names
     loss = -np.mean(truth * np.log(p) + (~truth) * np.log(1 - p)) if len(truth) else 0.0
     return {"loss": float(loss), "accuracy": subset, "subset_accuracy": subset, "micro_f1": _f1(micro_p, micro_r),
             "macro_f1": float(np.mean([row["f1"] for row in per_label.values()])),
-            "mean_average_precision": float(np.mean(precisions)), "per_label": per_label, "count": int(len(truth))}
+            "mean_average_precision": float(np.mean(precisions)), "per_label": per_label, "count": len(truth)}
 
 
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -92,62 +91,3 @@ def _ratio(part, whole) -> float:
 
 def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-@dataclass(frozen=True)
-class MultiLabelEvaluation:
-    """What :func:`tlkit.evaluate` returns for a multi-label run (see the module docstring for each figure).
-
-    Attributes:
-        data, split, tta, count, skipped: As :class:`tlkit.inference.evaluate.Evaluation`'s.
-        class_names: The run's labels.
-        loss: Mean binary cross-entropy over images and labels.
-        accuracy: Subset accuracy: the fraction of images with every label decided right.
-        micro_f1, macro_f1, mean_average_precision: Over all labels.
-        per_label: ``{name: {precision, recall, f1, average_precision, support, threshold}}``.
-        top_losses: The images decided worst: ``[{"path", "true", "predicted", "loss", "label", "probability"}]``
-            (label lists; loss the image's mean cross-entropy; ``label`` the one decided most wrongly, with its
-            probability), the worst first, only images with a wrong decision.
-    """
-
-    data: str
-    split: str
-    tta: int
-    class_names: list[str]
-    count: int
-    loss: float
-    accuracy: float
-    micro_f1: float
-    macro_f1: float
-    mean_average_precision: float
-    per_label: dict[str, dict]
-    top_losses: list[dict]
-    skipped: list[str]
-    multi_label: bool = True
-
-    def to_dict(self) -> dict:
-        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
-        return dataclasses.asdict(self)
-
-
-def evaluate_multilabel(probabilities: np.ndarray, truth: np.ndarray, paths: list, thresholds: list[float],
-                        about: dict) -> MultiLabelEvaluation:
-    """The :class:`MultiLabelEvaluation` of ``probabilities`` against ``truth`` (rows in the run's label order),
-    deciding at ``thresholds``; ``about``: ``data``, ``split``, ``tta``, ``class_names``, ``skipped``,
-    ``mistakes`` (how many of the worst images to list)."""
-    names = list(about["class_names"])
-    report = multilabel_metrics(probabilities, truth, names, np.asarray(thresholds))
-    p = np.clip(probabilities, EPSILON, 1 - EPSILON)
-    losses = -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)
-    decided = probabilities >= np.asarray(thresholds)
-    wrong = [i for i in np.argsort(-losses, kind="stable") if (decided[i] != truth[i].astype(bool)).any()]
-    furthest = np.abs(probabilities - truth).argmax(axis=1)  # the label decided most wrongly, per image
-    worst = [{"path": str(paths[i]), "true": [n for n, on in zip(names, truth[i]) if on],
-              "predicted": [n for n, on in zip(names, decided[i]) if on], "loss": float(losses[i]),
-              "label": names[furthest[i]], "probability": float(probabilities[i, furthest[i]])}
-             for i in wrong[:about["mistakes"]]]
-    return MultiLabelEvaluation(
-        data=about["data"], split=about["split"], tta=about["tta"], class_names=names, count=report["count"],
-        loss=report["loss"], accuracy=report["subset_accuracy"], micro_f1=report["micro_f1"],
-        macro_f1=report["macro_f1"], mean_average_precision=report["mean_average_precision"],
-        per_label=report["per_label"], top_losses=worst, skipped=about["skipped"])

@@ -204,6 +204,6 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     })
     trained_on = np.array([label for path, label in zip(index.files["train"], index.labels["train"])
                            if str(path) not in skipped])  # the readable images, as the fits weighed them
-    weights = None if index.multi_label else class_weights(trained_on, len(index.class_names), config.fit.class_weight)
+    weights = class_weights(trained_on, len(index.class_names), config.fit.class_weight)  # multi-label: always none
     metrics["class_weight"] = None if weights is None else dict(zip(index.class_names, map(float, weights)))
     return metrics
