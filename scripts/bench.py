@@ -235,7 +235,7 @@ def tlkit_epoch(data: Path, config: tlkit.Config, runs: Path, mode: str, from_ru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="training images (half per class)")
-    parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--image-size", type=int, default=tlkit.DataConfig().image_size)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--weights", default=os.environ.get("TLKIT_WEIGHTS", "none"))
     parser.add_argument("--source", type=Path, help="cut the JPEGs from the photos in this folder")

@@ -144,7 +144,8 @@ def test_progress_bars_go_to_stderr_and_stdout_keeps_the_results(tmp_path, data)
                      "--cache-dir", tmp_path / "c")
     assert trained.exit_code == 0, trained.output
     assert "/step - accuracy: " in trained.stderr  # the fit's bar, on stderr
-    assert trained.stdout.startswith(f"run: {tmp_path / 'run'}\nval_accuracy: ") and trained.stdout.count("\n") == 2
+    assert trained.stdout.startswith(f"run: {tmp_path / 'run'}\nval_accuracy: ") and trained.stdout.count("\n") == 3
+    assert trained.stdout.splitlines()[2].startswith("note: the last epoch was kept")  # --patience 0
     evaluated = invoke("evaluate", data, "--run", tmp_path / "run")
     assert "image" in evaluated.stderr  # the decode-and-predict bar
     assert evaluated.stdout.startswith(f"{data} [all]: 10 images\nloss: ")

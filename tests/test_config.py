@@ -11,7 +11,7 @@ pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pas
 def test_defaults_are_the_classic_recipe_and_documented_sizes():
     assert AugmentConfig() == AugmentConfig(40.0, 0.2, 0.2, 0.2, 0.2, True, "nearest")
     config = Config()
-    assert config.data.image_size == 150
+    assert config.data.image_size == 224  # the size ImageNet VGG16 was trained at
     assert config.fit.optimizer == "rmsprop"
     assert config.fit.finetune_learning_rate == 1e-5
     assert config.model.unfreeze_from == "block5_conv1"

@@ -289,7 +289,7 @@ def evaluation_of(matrix: list[list[int]], names: list[str], loss: float = 0.5) 
     """An evaluation with this confusion matrix (per-class figures left out)."""
     counts = np.array(matrix, dtype=float)
     average = {"precision": 0.9, "recall": 0.9, "f1": 0.9}
-    return Evaluation("data", "test", 1, names, int(counts.sum()), loss, 0.9, matrix,
+    return Evaluation("data", "test", 1, names, int(counts.sum()), loss, 0.9, "", matrix,
                       (counts / counts.sum(axis=1, keepdims=True)).tolist(), {}, average, average, [], [])
 
 

@@ -15,6 +15,7 @@ import tlkit
 import tlkit.training.tune
 from tlkit.cli import main
 from tlkit.config import load_config
+from tlkit.intervals import wilson
 from tlkit.training.tune import tune
 from tlkit.training.tune_space import trial_config
 
@@ -82,6 +83,8 @@ def test_it_finds_a_learning_rate_that_beats_a_bad_default(tmp_path, data):
     assert 1e-3 <= best["hyperparameters"]["learning_rate"] <= 1e-1
     assert f"best settings: {tmp_path / 't' / 'best.toml'}" in done.output
     assert ["1", str(best["number"])] in [line.split()[:2] for line in done.output.splitlines()]  # ranked first
+    low, high = best["val_accuracy_ci95"]
+    assert low <= best["val_accuracy"] <= high and f"(95% CI {low:.3f}-{high:.3f})" in done.output
     tuned = load_config(tmp_path / "t" / "best.toml")
     assert tuned.fit.learning_rate == best["hyperparameters"]["learning_rate"]
     assert tuned.run_settings() == trial_config(load_config(settings), best["hyperparameters"]).run_settings()
@@ -147,7 +150,7 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
     def score_folds(pool, settings, folds, **kwargs):  # trial 1 diverges, the others score by their rate
         scored.append(settings.fit.learning_rate)
         loss = float("nan") if len(scored) == 1 else settings.fit.learning_rate
-        return [{"val_loss": loss, "val_accuracy": 0.5 + fold / 10} for fold in range(folds)]
+        return [{"val_loss": loss, "val_accuracy": 0.5 + fold / 10, "val_images": 10 + 10 * fold} for fold in range(folds)]
 
     monkeypatch.setattr(tlkit.training.tune, "score_folds", score_folds)
     result = tune(data, config, space={"learning_rate": [1e-3, 1e-1]}, trials=3, folds=2, out=tmp_path / "t")
@@ -156,6 +159,8 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
     assert [trial["status"] for trial in others] == ["completed"] * 2 and result.stopped == "trials"
     assert result.ranking == sorted([2, 3], key=lambda number: scored[number - 1])
     assert others[0]["val_accuracy"] == pytest.approx(0.55) and others[0]["val_accuracy_std"] == pytest.approx(0.05)
+    # the interval is the pooled held-out accuracy's: (0.5 * 10 + 0.6 * 20) right of 30 images
+    assert others[0]["val_accuracy_ci95"] == pytest.approx(list(wilson(17 / 30, 30))) and first["val_accuracy_ci95"] is None
     assert load_config(result.best_config).fit.learning_rate == min(scored[1:])
 
 

@@ -71,7 +71,7 @@ def test_every_numeric_field_has_a_range_shown_in_help():
                 bounds = spec.metadata["bounds"]
                 assert bounds is not None, spec.name
                 assert f"; {bounds.interval()}]" in text, spec.name
-    assert "[default: 0.001; 0<x<=10]" in text and "[default: 150; 32<=x<=1024]" in text
+    assert "[default: 0.001; 0<x<=10]" in text and "[default: 224; 32<=x<=1024]" in text
 
 
 def test_settings_that_cannot_fit_in_memory_are_refused_before_anything_is_allocated(tmp_path, monkeypatch):

@@ -190,6 +190,23 @@ class RandomAffine(keras.layers.Layer):
         return {**super().get_config(), **vars(self.config), "seed": self.seed}
 
 
+class AlwaysAugment(keras.layers.Layer):
+    """A :class:`RandomAffine` applied at prediction too: the random copies of offline augmentation
+    (``--augmented-copies``). Its ``call`` takes no ``training`` argument, so a model's prediction cannot
+    switch the transform off, as it would for a layer called with ``training=True`` inside a functional model."""
+
+    def __init__(self, augment: RandomAffine, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.augment = augment
+        self.supports_jit = augment.supports_jit
+
+    def call(self, images):
+        return self.augment(images, training=True)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 #: Directions of the shifted test-time views: right, left, down, up, then the diagonals.
 _TTA_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
 #: Every test-time view, in order: ``(x shift, y shift, mirrored)``, shifts in fractions of the side.

@@ -34,6 +34,8 @@ CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 
+#: Default image side: ImageNet VGG16 was trained at 224x224, and its features are best at that scale.
+IMAGE_SIZE = 224
 #: Learning rate of the head (features, frozen, and the warm-up of finetune).
 HEAD_LEARNING_RATE = 1e-3
 #: Learning rate once the top of the base is unfrozen (finetune).
@@ -84,7 +86,8 @@ def default_cache_dir() -> str:
 class DataConfig(Section):
     """Which images a dataset gives, at what size, and how a plain folder is split."""
 
-    image_size: int = option(150, help="Side of the square images are resized to.", bounds=Bounds(
+    image_size: int = option(IMAGE_SIZE, help="Side of the square images are resized to (VGG16 was trained at "
+                                              "224).", bounds=Bounds(
         32, 1024, text="an integer >= 32 (VGG16's smallest input) and <= 1024"))
     val_split: float = option(0.2, help="Validation fraction per class, for a folder without its own split.",
                               bounds=FRACTION)
@@ -188,6 +191,9 @@ class FitConfig(Section):
                                          "every)).", bounds=Bounds(1, 100000))
     lr_patience: int = option(2, help="plateau: epochs without a better val_loss before the rate drops.",
                               bounds=Bounds(1, 100000))
+    augmented_copies: int = option(0, help="Features mode (and finetune's feature warm-up), cv, tune: also train the "
+                                   "head on K randomly augmented copies of every image, extracted once.",
+                                   bounds=Bounds(0, 64))
     label_smoothing: float = option(0.0, help="Label smoothing of the cross-entropy, as Keras defines it (0: none).",
                                     bounds=FRACTION)
     tune_thresholds: bool = option(False, help="Multi-label: per label, the threshold that maximises its F1 on the "
@@ -224,6 +230,8 @@ SECTIONS = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, 
             "runtime": RuntimeConfig}
 #: The section of every option (option names are unique across sections).
 OWNER = {spec.name: name for name, section in SECTIONS.items() for spec in dataclasses.fields(section)}
+#: The options the augmented copies of the features depend on (extract, cv, tune).
+COPY_OPTIONS = ("augmented_copies", *(name for name, section in OWNER.items() if section == "augment"))
 #: The sections of run format 2 and earlier config files, with the options each held.
 FORMER_SECTIONS = {
     "data": ("image_size", "val_split", "test_split", "seed", "workers", "cache_dir"),

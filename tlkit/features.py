@@ -9,10 +9,17 @@ per file of the whole dataset, so changing the split or its seed reuses the cach
 Extraction streams: each split's images come from the decoded-image cache (see
 :func:`tlkit.data.image_cache.load_split`) a chunk at a time, and their features are written into
 an ``.npy`` file as they come (plain file I/O, so memory stays flat).
+
+Augmented copies (``--augmented-copies K``, offline augmentation): copy ``k`` holds the features of every
+image randomly transformed as training augments it (:class:`~tlkit.augment.RandomAffine`, seeded by ``k``),
+in a cache folder of its own keyed by the same manifest, the augmentation settings and ``k``. A head
+trained on the plain features and on K copies gets augmentation's benefit at cached-feature speed; the
+copies are extracted once, shared by every split, seed and later run, and K + 1 reuses the first K.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -22,6 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tlkit.augment import AlwaysAugment, RandomAffine
 from tlkit.backbone import FEATURE_LAYER, build_base, weights_identity
 from tlkit.backends.devices import Devices, resolve
 from tlkit.config import Config
@@ -61,20 +69,32 @@ class FeatureSet:
     path: Path
     reused: bool
     skipped: dict[str, str]
+    copies: tuple[Path, ...] = ()
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         """``(features, labels, files)`` of one split, undecodable files left out."""
-        table = np.load(self.path / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
-        row_of = {record[0]: row for row, record in enumerate(read_json(self.path / MANIFEST)["files"])}
+        return self._rows(self.path, name)
+
+    def augmented(self, name: str) -> np.ndarray:
+        """The features of every augmented copy of one split's images, ``(copies, images, ...)``: row ``i`` of
+        each copy is the image of row ``i`` of :meth:`split` (``(0, images, ...)`` without copies)."""
+        if not self.copies:
+            return self.split(name)[0][None][:0]
+        return np.stack([self._rows(folder, name)[0] for folder in self.copies])
+
+    def _rows(self, folder: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+        table = np.load(folder / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+        row_of = {record[0]: row for row, record in enumerate(read_json(folder / MANIFEST)["files"])}
         pairs = [(row_of[relative_name(p, self.index.root)], label, p)
                  for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
         return np.asarray(table[rows]), np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
 
 
-def manifest(index: DatasetIndex, config: Config) -> dict:
-    """Everything the cached features depend on."""
+def manifest(index: DatasetIndex, config: Config, copy: int | None = None) -> dict:
+    """Everything the cached features depend on; for augmented copy ``copy``, the augmentation too."""
     files = sorted(index.all_files())
+    augmented = {} if copy is None else {"augmented_copy": copy, "augment": dataclasses.asdict(config.augment)}
     return {
         "version": CACHE_VERSION,
         "root": str(index.root.resolve()),
@@ -84,6 +104,7 @@ def manifest(index: DatasetIndex, config: Config) -> dict:
         "seed": config.data.seed if config.model.weights.lower() == "none" else None,
         "layer": FEATURE_LAYER,
         "precision": config.runtime.precision,
+        **augmented,
     }
 
 
@@ -93,13 +114,13 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
 
     Args:
         data: A dataset folder, or an index from :func:`tlkit.data.scan`.
-        config: Settings (image size, weights, cache folder...); defaults if omitted.
+        config: Settings (image size, weights, cache folder, ``fit.augmented_copies``...); defaults if omitted.
         verbose: 0 silent, 1 progress bars.
         devices: The devices to extract on (this process's); resolved from ``config.runtime.distribute``
             if omitted.
 
     Returns:
-        The cached :class:`FeatureSet`.
+        The cached :class:`FeatureSet`, with its ``fit.augmented_copies`` augmented copies.
 
     Raises:
         TlkitError: On a bad dataset folder or weights path, or a class with no readable image in
@@ -111,32 +132,45 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     if devices is None:
         devices = resolve(one_machine(config.runtime.distribute))
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
-    wanted = manifest(index, config)
+    folder, reused = _cached(index, config, verbose, devices)
+    copies = tuple(_cached(index, config, verbose, devices, copy)[0] for copy in range(config.fit.augmented_copies))
+    undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
+    return FeatureSet(index, folder, reused, {**index.skipped, **undecodable}, copies)
+
+
+def _cached(index: DatasetIndex, config: Config, verbose: int, devices: Devices,
+            copy: int | None = None) -> tuple[Path, bool]:
+    """The cache folder of the plain features (or of augmented copy ``copy``), built unless it exists; and
+    whether it existed."""
+    wanted = manifest(index, config, copy)
     folder = cache_folder(config.runtime.cache_dir, "features", wanted)
+    copy_name = "" if copy is None else f" (augmented copy {copy + 1})"
     reused = is_built(folder)
     if not reused:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with building_cache(folder):
             reused = is_built(folder)  # built meanwhile by the process waited for
             if not reused:
-                log.info("extracting features of %d images into %s", len(wanted["files"]), folder)
-                _compute(index, config, wanted, folder, verbose, devices)
+                log.info("extracting features%s of %d images into %s", copy_name, len(wanted["files"]), folder)
+                _compute(index, config, wanted, folder, verbose, devices, copy=copy)
     if reused:
-        log.info("feature cache up to date, reusing %s", folder)
-    undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
-    return FeatureSet(index, folder, reused, {**index.skipped, **undecodable})
+        log.info("feature cache%s up to date, reusing %s", copy_name, folder)
+    return folder, reused
 
 
 def _compute(index: DatasetIndex, config: Config, wanted: dict, folder: Path, verbose: int,
-             devices: Devices) -> None:
+             devices: Devices, *, copy: int | None) -> None:
     """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
 
     Images come from the decoded-image caches (built here if missing), read a chunk at a time
-    across all splits, and their features are written into the table as they are computed.
+    across all splits, and their features are written into the table as they are computed. For an
+    augmented copy, each image is randomly transformed first, on the device, seeded by ``copy``.
     """
     row_of = {record[0]: row for row, record in enumerate(wanted["files"])}
+    augment = None if copy is None else AlwaysAugment(RandomAffine.from_augment_config(config.augment, seed=copy))
     with precision_policy(config.runtime.precision), devices.local_scope():
-        extractor = build_feature_extractor(build_base(config.model.weights, config.data.image_size, config.data.seed))
+        base = build_base(config.model.weights, config.data.image_size, config.data.seed)
+        extractor = build_feature_extractor(base, augment)
     skipped: dict[str, str] = {}
     with building(folder) as staging, ExitStack() as files:
         table = files.enter_context(RowFile(staging / FEATURES_FILE, (len(row_of), *extractor.output_shape[1:])))

@@ -85,10 +85,12 @@ def build_classifier(base: keras.Model, head: keras.Model) -> keras.Model:
     return keras.Model(inputs, head(x), name="tlkit_classifier")
 
 
-def build_feature_extractor(base: keras.Model) -> keras.Model:
-    """``raw RGB pixels -> VGGPreprocess -> base``, giving the base's feature maps."""
+def build_feature_extractor(base: keras.Model, augment: keras.layers.Layer | None = None) -> keras.Model:
+    """``raw RGB pixels -> VGGPreprocess -> base``, giving the base's feature maps; with ``augment`` (a
+    layer that transforms at prediction too, :class:`tlkit.augment.AlwaysAugment`), those of transformed images."""
     inputs = keras.Input(shape=base.input_shape[1:])
-    return keras.Model(inputs, base(VGGPreprocess()(inputs)), name="feature_extractor")
+    pixels = inputs if augment is None else augment(inputs)
+    return keras.Model(inputs, base(VGGPreprocess()(pixels)), name="feature_extractor")
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:

@@ -38,6 +38,7 @@ main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #
 h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 32px 0 10px; border-bottom: 1px solid #dde3ea;
      padding-bottom: 4px; }
 .subtitle { color: #5b6675; margin: 0 0 18px; }
+.trust { margin: 14px 0 0; color: #2c3440; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { border: 1px solid #dde3ea; border-radius: 8px; padding: 10px 16px; min-width: 130px; }
 .card .value { font-size: 24px; font-weight: 600; } .card .label { color: #5b6675; font-size: 13px; }
@@ -147,9 +148,11 @@ def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
                 f"evaluated on <code>{escape(evaluation.data)}</code> [{escape(evaluation.split)}]{views}.")
     if getattr(evaluation, "multi_label", False):
         figures = [(f"{evaluation.micro_f1:.4f}", "micro F1"), (f"{evaluation.macro_f1:.4f}", "macro F1"),
-                   (f"{evaluation.mean_average_precision:.4f}", "mAP"), (f"{evaluation.accuracy:.4f}", "subset accuracy")]
+                   (f"{evaluation.mean_average_precision:.4f}", "mAP"),
+                   (f"{evaluation.accuracy:.4f}", f"subset accuracy ({_interval(evaluation)})")]
     else:
-        figures = [(f"{evaluation.accuracy:.4f}", "accuracy"), (f"{evaluation.macro_avg['f1']:.4f}", "macro F1")]
+        figures = [(f"{evaluation.accuracy:.4f}", f"accuracy ({_interval(evaluation)})"),
+                   (f"{evaluation.macro_avg['f1']:.4f}", "macro F1")]
     cards = [*figures, (f"{evaluation.loss:.4f}", "loss"), (str(evaluation.count), "images evaluated"),
              (" + ".join(map(str, epochs)), "epochs run (per phase)"),
              (f"phase {best['best_phase_number']} epoch {best['best_phase_epoch']}",
@@ -158,7 +161,22 @@ def _summary(run: Run, evaluation: Evaluation, provenance: dict) -> str:
         cards.insert(1, (f"{evaluation.top_5_accuracy:.4f}", "top-5 accuracy"))
     body = "".join(f'<div class="card"><div class="value">{value}</div><div class="label">{label}</div></div>'
                    for value, label in cards)
-    return f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>'
+    return (f'<p class="subtitle">{subtitle}</p>\n<div class="cards">{body}</div>\n'
+            f'<p class="trust">{escape(_trust(evaluation))}</p>')
+
+
+def _interval(evaluation: Evaluation | MultiLabelEvaluation) -> str:
+    low, high = evaluation.accuracy_ci95
+    return f"95% CI {low:.3f}-{high:.3f}"
+
+
+def _trust(evaluation: Evaluation | MultiLabelEvaluation) -> str:
+    """How far to trust the figures above: the evaluation's caveat, or why they can be trusted."""
+    interval = (f"The accuracy's 95% interval ({_interval(evaluation).removeprefix('95% CI ')}) is how far "
+                f"{evaluation.count} images pin it down. ")
+    if evaluation.caveat:
+        return interval + evaluation.caveat[0].upper() + evaluation.caveat[1:] + "."
+    return interval + "Nothing was trained or chosen on these images: these are the figures to trust."
 
 
 def _metrics_table(evaluation: Evaluation) -> str:

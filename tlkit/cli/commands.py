@@ -17,9 +17,10 @@ from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, con
                                given_options, labels_option, progress_to_stderr, quiet_option, run_option, start,
                                tta_option)
 from tlkit.cli.tune_command import tune
+from tlkit.intervals import interval_text
 
 EXTRACT_OPTIONS = ("labels", "label_separator", "label_columns", "image_size", "seed", "workers", "cache_dir", "weights",
-                   "batch_size", "precision", "distribute")
+                   "batch_size", "precision", "distribute", *cfg.COPY_OPTIONS)
 
 
 @click.group(cls=TlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,15 +81,20 @@ def train(data: str, config_file: str | None, run_dir: str | None, from_run: str
                              tensorboard=tensorboard)
     metrics = result.metrics
     click.echo(f"run: {result.run_dir or 'written by process 0 of the job'}")
+    images = metrics["images"]
     if "val_micro_f1" in metrics:  # multi-label
         click.echo(f"val_micro_f1: {metrics['val_micro_f1']:.4f}  val_macro_f1: {metrics['val_macro_f1']:.4f}  val_mAP: "
                    f"{metrics['val_mean_average_precision']:.4f}  val_subset_accuracy: "
-                   f"{metrics['val_subset_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}")
-        return
-    top_5 = f"  val_top_5_accuracy: {metrics['val_top_5_accuracy']:.4f}" if "val_top_5_accuracy" in metrics else ""
-    click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f}  val_loss: {metrics['val_loss']:.4f}{top_5}")
-    if "test_accuracy" in metrics:
-        click.echo(f"test_accuracy: {metrics['test_accuracy']:.4f}  test_loss: {metrics['test_loss']:.4f}")
+                   f"{metrics['val_subset_accuracy']:.4f} ({interval_text(metrics['val_subset_accuracy'], images['val'])})"
+                   f"  val_loss: {metrics['val_loss']:.4f}")
+    else:
+        top_5 = f"  val_top_5_accuracy: {metrics['val_top_5_accuracy']:.4f}" if "val_top_5_accuracy" in metrics else ""
+        click.echo(f"val_accuracy: {metrics['val_accuracy']:.4f} ({interval_text(metrics['val_accuracy'], images['val'])})"
+                   f"  val_loss: {metrics['val_loss']:.4f}{top_5}")
+        if "test_accuracy" in metrics:
+            click.echo(f"test_accuracy: {metrics['test_accuracy']:.4f} "
+                       f"({interval_text(metrics['test_accuracy'], images['test'])})  test_loss: {metrics['test_loss']:.4f}")
+    click.echo(f"note: {metrics['trust']}")
 
 
 @main.command()
@@ -192,7 +198,7 @@ def evaluate(*, data: str | None, run_dir: str | None, split: str | None, as_jso
 @config_options(("labels", "image_size", "test_split", "seed", "workers", "cache_dir", "weights", "epochs",
                  "batch_size", "optimizer", "learning_rate", "lr_schedule", "lr_warmup_epochs", "lr_floor", "lr_drop",
                  "lr_drop_every", "lr_patience", "label_smoothing", "l2", "pooling", "head_units", "dropout",
-                 "precision", "class_weight", "distribute"))
+                 "precision", "class_weight", "distribute", *cfg.COPY_OPTIONS))
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, every fold's epoch logs included.")
 @quiet_option
@@ -216,6 +222,9 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
         click.echo(f"repeat {repeat + 1}: {scores}  mean {mean:.4f}")
     click.echo(f"val_accuracy: {result.mean_accuracy:.4f} +/- {result.std_accuracy:.4f} (mean +/- std of "
                f"{folds * repeats} folds)  val_loss: {result.mean_loss:.4f}")
+    low, high = result.accuracy_ci95
+    click.echo(f"95% CI of the held-out accuracy: {low:.3f}-{high:.3f} ({result.images} images, each held out once "
+               "per repeat)")
     best = result.best_epoch - 1
     click.echo(f"best_epoch: {best + 1} of {len(result.epoch_val_loss)} (lowest mean val_loss "
                f"{result.epoch_val_loss[best]:.4f}, mean val_accuracy {result.epoch_val_accuracy[best]:.4f})")

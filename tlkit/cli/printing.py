@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from tlkit.intervals import interval_text
+
 
 def prediction_line(prediction: Any) -> str:
     """``path: label p, label p...``: the top k classes, or a multi-label run's predicted labels."""
@@ -27,7 +29,10 @@ def show_evaluation(report: Any) -> None:
     views = f", {report.tta} views each" if report.tta > 1 else ""
     click.echo(f"{report.data} [{report.split}]: {report.count} images{views}")
     top_5 = "" if report.top_5_accuracy is None else f"  top-5 accuracy: {report.top_5_accuracy:.4f}"
-    click.echo(f"loss: {report.loss:.4f}  accuracy: {report.accuracy:.4f}{top_5}")
+    click.echo(f"loss: {report.loss:.4f}  accuracy: {report.accuracy:.4f} ({interval_text(report.accuracy, report.count)})"
+               f"{top_5}")
+    if report.caveat:
+        click.echo(f"note: {report.caveat}")
     width = max(len(name) for name in [*report.per_class, "weighted avg"])
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
     rows = [*report.per_class.items(), ("macro avg", {**report.macro_avg, "support": report.count}),
@@ -56,8 +61,11 @@ def show_multilabel_evaluation(report: Any) -> None:
     """A multi-label evaluation: the overall figures, a row per label, the images decided worst."""
     views = f", {report.tta} views each" if report.tta > 1 else ""
     click.echo(f"{report.data} [{report.split}]: {report.count} images{views}, {len(report.class_names)} labels")
-    click.echo(f"loss: {report.loss:.4f}  subset accuracy: {report.accuracy:.4f}  micro F1: {report.micro_f1:.4f}  "
+    click.echo(f"loss: {report.loss:.4f}  subset accuracy: {report.accuracy:.4f} "
+               f"({interval_text(report.accuracy, report.count)})  micro F1: {report.micro_f1:.4f}  "
                f"macro F1: {report.macro_f1:.4f}  mAP: {report.mean_average_precision:.4f}")
+    if report.caveat:
+        click.echo(f"note: {report.caveat}")
     width = max(len(name) for name in [*report.per_label, "label"])
     click.echo(f"{'label':<{width}}  precision  recall     f1      AP  threshold  support")
     for name, row in report.per_label.items():

@@ -64,7 +64,7 @@ def tune(*, data: str, trials: int, folds: int, algorithm: str, time_budget: flo
     for rank, number in enumerate(result.ranking[:TABLE_ROWS], 1):
         trial = by_number[number]
         rows.append([str(rank), str(number), f"{trial['val_loss']:.4f} +/- {trial['val_loss_std']:.4f}",
-                     f"{trial['val_accuracy']:.4f} +/- {trial['val_accuracy_std']:.4f}",
+                     f"{trial['val_accuracy']:.4f} +/- {trial['val_accuracy_std']:.4f}{_interval(trial)}",
                      *(format_value(trial["hyperparameters"][name]) for name in space)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows if result.ranking else []:
@@ -74,3 +74,9 @@ def tune(*, data: str, trials: int, folds: int, algorithm: str, time_budget: flo
         click.echo(f"failed: {failed} trial(s), whose loss was not finite (see {out}/tune.json)")
     if result.best_config is not None:
         click.echo(f"best settings: {result.best_config} (tlkit train {data} --config {result.best_config})")
+
+
+def _interval(trial: dict) -> str:
+    """`` (95% CI low-high)`` of a trial's pooled held-out accuracy ("" in a search recorded before tlkit gave it)."""
+    interval = trial.get("val_accuracy_ci95")
+    return f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""

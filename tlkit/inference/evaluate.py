@@ -16,6 +16,7 @@ from tlkit.data.scan import scan
 from tlkit.errors import TlkitError
 from tlkit.inference.multilabel import EPSILON, multilabel_metrics
 from tlkit.inference.predict import iter_probabilities
+from tlkit.intervals import CI_SUFFIX, wilson
 from tlkit.runs import Run, resolve_run
 
 SPLIT_CHOICES = (*SPLIT_NAMES, "all")
@@ -33,6 +34,8 @@ class Scores:
         count: Images scored.
         loss: Mean cross-entropy.
         accuracy: Fraction of images classified right (multi-label: with every label decided right).
+        caveat: Why ``accuracy`` flatters the run, if it does ("" for images nothing was chosen on): the
+            run's validation images chose its kept epoch, its training images were trained on.
     """
 
     data: str
@@ -42,10 +45,20 @@ class Scores:
     count: int
     loss: float
     accuracy: float
+    caveat: str
+
+    @property
+    def accuracy_ci95(self) -> tuple[float, float]:
+        """The 95% Wilson interval of ``accuracy`` (see :mod:`tlkit.intervals`)."""
+        return wilson(self.accuracy, self.count)
 
     def to_dict(self) -> dict:
-        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``)."""
-        return dataclasses.asdict(self)
+        """The evaluation as plain JSON-ready values (``tlkit evaluate --json``), each accuracy followed by
+        its 95% interval (``accuracy_ci95``)."""
+        figures = dataclasses.asdict(self)
+        for key in [key for key, value in figures.items() if key.endswith("accuracy") and isinstance(value, float)]:
+            figures[key + CI_SUFFIX] = list(wilson(figures[key], self.count))
+        return figures
 
 
 @dataclass(frozen=True)
@@ -182,7 +195,7 @@ def evaluate_multilabel(probabilities: np.ndarray, truth: np.ndarray, paths: lis
              for i in wrong[:about["mistakes"]]]
     return MultiLabelEvaluation(
         data=about["data"], split=about["split"], tta=about["tta"], class_names=names, count=report["count"],
-        loss=report["loss"], accuracy=report["subset_accuracy"], micro_f1=report["micro_f1"],
+        loss=report["loss"], accuracy=report["subset_accuracy"], caveat=about["caveat"], micro_f1=report["micro_f1"],
         macro_f1=report["macro_f1"], mean_average_precision=report["mean_average_precision"],
         per_label=report["per_label"], top_losses=worst, skipped=about["skipped"])
 
@@ -219,6 +232,7 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
     explicit = data is not None
     if data is None:
         data = run.data_dir
+    own_data = labels is None and Path(data).resolve() == Path(run.data_dir).resolve()
     data_config = run.config.data
     if labels is not None or (explicit and Path(data).resolve() != Path(run.data_dir).resolve()):
         data_config = dataclasses.replace(data_config, labels=str(Path(labels).resolve()) if labels else "")
@@ -250,13 +264,26 @@ def evaluate(data: str | Path | None = None, run: Run | str | Path | None = None
         raise TlkitError(f"no readable images in the {split} split of {data} (each was skipped: see the warnings)")
     probabilities, labels = np.concatenate(chunks), np.array([label_of[p] for p in kept])
     skipped = sorted({*index.skipped, *(str(p) for p in set(files) - set(kept))})
+    caveat = _caveat(run, split) if own_data else ""
     if run.multi_label:
         return evaluate_multilabel(probabilities, labels, kept, run.thresholds, {
             "data": str(data), "split": split, "tta": tta, "class_names": run.class_names, "skipped": skipped,
-            "mistakes": mistakes})
+            "mistakes": mistakes, "caveat": caveat})
     report = classification_metrics(probabilities, labels, run.class_names)
-    return Evaluation(data=str(data), split=split, tta=tta, class_names=list(run.class_names), **report,
-                      top_losses=top_losses(probabilities, labels, kept, run.class_names, mistakes), skipped=skipped)
+    return Evaluation(data=str(data), split=split, tta=tta, class_names=list(run.class_names), caveat=caveat,
+                      **report, top_losses=top_losses(probabilities, labels, kept, run.class_names, mistakes),
+                      skipped=skipped)
+
+
+def _caveat(run: Run, split: str) -> str:
+    """Why an accuracy on the run's own data flatters it: which of its images were trained on, or chose the
+    kept epoch (the validation images, when early stopping kept its best epoch)."""
+    if split in ("train", "all"):
+        return "the run was trained on these images (all of them, or its train split): this flatters it"
+    if split == "val" and run.config.fit.patience > 0:
+        return ("the run's kept epoch was chosen on these validation images, so this is optimistic; a test split "
+                "is the figure to trust")
+    return ""
 
 
 def _in_run_order(label, to_run_label: np.ndarray, labels: int, multi_label: bool):

@@ -117,9 +117,13 @@ class Fitting:
 
 
 def fit_head(features: FeatureSet, number: int, phase: Phase, fitting: Fitting) -> tuple[keras.Model, dict]:
-    """Fit a fresh head on cached features; returns ``(head, history)``."""
+    """Fit a fresh head on cached features, and on their augmented copies if any; returns ``(head, history)``."""
     config, devices = fitting.config, fitting.devices
     x_train, y_train, _ = features.split("train")
+    copies = features.augmented("train")
+    if len(copies):  # offline augmentation: each copy is one more pass over the training images, transformed
+        x_train = np.concatenate([x_train, copies.reshape(-1, *x_train.shape[1:])])
+        y_train = np.concatenate([y_train] * (len(copies) + 1))
     x_val, y_val, _ = features.split("val")
     classes = fitting.classes
     keras.utils.set_random_seed(config.data.seed)  # same seed, same head, whether or not features were cached

@@ -24,6 +24,7 @@ from tlkit.data.image_cache import Split, load_split
 from tlkit.features import FeatureSet, extract
 from tlkit.inference.evaluate import classification_metrics
 from tlkit.inference.multilabel import MULTI_LABEL_FIGURES, multilabel_metrics, tune_thresholds
+from tlkit.intervals import selection_note, with_intervals
 from tlkit.model import build_classifier, build_head, class_probabilities, precision_policy
 from tlkit.runs import best_epoch, write_run
 from tlkit.training.job import Job, prepare
@@ -173,9 +174,11 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     index, config, skipped = job.index, job.config, job.skipped
     metrics: dict = {}
     thresholds = None
+    scored_count = {}
     for name in ("val", "test"):
         if name in index.files:
             inputs, labels = scored[name]
+            scored_count[name] = len(labels)
             probabilities = class_probabilities(model, inputs, config.fit.batch_size, job.devices)
             if index.multi_label:
                 if name == "val" and config.fit.tune_thresholds:
@@ -190,9 +193,11 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     if index.multi_label:
         metrics["thresholds"] = dict(zip(index.class_names, map(float, thresholds if thresholds is not None else
                                                                   [MULTI_LABEL_THRESHOLD] * len(index.class_names))))
+    metrics = with_intervals(metrics, scored_count)
     last = phases[-1]["history"]
     best = best_epoch(phases)
     metrics.update({
+        "trust": selection_note(config.fit.patience > 0, "test" in scored_count),
         "kept_weights": "best epoch" if config.fit.patience > 0 else "last epoch",
         **best,
         "best_val_loss": last["val_loss"][best["best_phase_epoch"] - 1],

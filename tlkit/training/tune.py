@@ -35,6 +35,7 @@ import numpy as np
 
 from tlkit.config import Config
 from tlkit.errors import TlkitError
+from tlkit.intervals import wilson
 from tlkit.io import atomic_write, read_json, write_json
 from tlkit.locks import FolderLock, holder
 from tlkit.outputs import check_output
@@ -65,8 +66,9 @@ class TuneResult:
         out: The search folder.
         trials: Every finished trial, by number (from 1): ``{"number", "trial_id", "status" ("completed", or
             "failed": a loss that was not finite), "hyperparameters", "val_loss", "val_loss_std", "val_accuracy",
-            "val_accuracy_std", "fold_val_loss", "fold_val_accuracy", "seconds"}``, the figures being the
-            folds' mean, population standard deviation, and each fold's.
+            "val_accuracy_std", "val_accuracy_ci95", "fold_val_loss", "fold_val_accuracy", "seconds"}``, the
+            figures being the folds' mean, population standard deviation, and each fold's; the interval is the
+            95% Wilson interval of the pooled held-out accuracy.
         ranking: The completed trials' numbers, best first.
         ran: Trials run by this call.
         stopped: Why the search stopped: a key of :data:`STOPS`.
@@ -259,6 +261,9 @@ def _run_trial(trial, pool: FoldPool, config: Config, folds: int) -> dict:
     for name, scores in (("val_loss", loss), ("val_accuracy", accuracy)):
         record |= {name: float(scores.mean()) if finite else None, f"{name}_std": float(scores.std()) if finite
                    else None, f"fold_{name}": [float(x) if math.isfinite(x) else None for x in scores]}
+    held_out = sum(result["val_images"] for result in results)  # each image once: repeats would narrow nothing
+    pooled = sum(result["val_accuracy"] * result["val_images"] for result in results) / held_out
+    record["val_accuracy_ci95"] = list(wilson(pooled, held_out)) if finite else None
     return record | {"seconds": round(time.monotonic() - begun, 3)}
 
 

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from tlkit.config import OWNER, Config
+from tlkit.config import COPY_OPTIONS, OWNER, Config
 from tlkit.errors import TlkitError
 
 #: The space searched when the config file has no ``[tune]`` table (README, tlkit tune).
@@ -46,7 +46,7 @@ LOG_SCALE = ("learning_rate", "l2")
 SCORED_SETTINGS = ("labels", "image_size", "test_split", "seed", "weights", "epochs", "batch_size", "optimizer",
                    "learning_rate", "lr_schedule", "lr_warmup_epochs", "lr_floor", "lr_drop", "lr_drop_every",
                    "lr_patience", "label_smoothing", "l2", "pooling", "head_units", "dropout", "precision",
-                   "class_weight")
+                   "class_weight", *COPY_OPTIONS)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
