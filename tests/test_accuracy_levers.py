@@ -66,6 +66,7 @@ def test_augmented_copies_are_transformed_once_and_reused(tmp_path, config, capl
     assert other.path == features.path and not set(other.copies) & set(features.copies)
 
 
+@pytest.mark.backend_independent  # the copies' extraction runs on every backend in the test above
 def test_a_head_trains_on_its_copies_in_features_mode_and_in_cv(tmp_path, config):
     data = make_dataset(tmp_path / "data", per_class=10)
     counted = {}
@@ -85,6 +86,7 @@ def test_a_head_trains_on_its_copies_in_features_mode_and_in_cv(tmp_path, config
     assert [f["history"]["loss"] for f in copied.fold_results] != [f["history"]["loss"] for f in plain.fold_results]
 
 
+@pytest.mark.backend_independent  # figures and words around the scores, computed alike on every backend
 def test_every_accuracy_carries_its_interval_and_says_what_chose_the_epoch(tmp_path, config):
     data = make_dataset(tmp_path / "data", per_class=12)
     run = tmp_path / "run"
