@@ -52,7 +52,10 @@ def parse_settings(pairs: list[str]) -> dict[str, dict]:
     for pair in pairs:
         key, _, value = pair.partition("=")
         section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+        try:
+            sections.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(f"{pair!r}: the value is not a TOML value (quote strings: fit.optimizer=\"adam\")") from None
     return sections
 
 
@@ -86,7 +89,14 @@ def main() -> None:
                         "frozen)")
     parser.add_argument("--cache-dir", type=Path, help="feature and image caches (default: a fresh temp folder)")
     args = parser.parse_args()
-    settings = parse_settings(args.set)
+    try:  # a bad --set is one line, before anything trains
+        settings = parse_settings(args.set)
+        tlkit.Config().replace(**settings)
+    except (tlkit.TlkitError, ValueError) as exc:
+        parser.error(f"--set: {exc}")
+    unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown dataset(s) {', '.join(unknown)}; expected some of {', '.join(DATASETS)}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tlkit-accuracy-"))
     cache = args.cache_dir or work / "cache"

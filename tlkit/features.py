@@ -77,18 +77,24 @@ class FeatureSet:
 
     def augmented(self, name: str) -> np.ndarray:
         """The features of every augmented copy of one split's images, ``(copies, images, ...)``: row ``i`` of
-        each copy is the image of row ``i`` of :meth:`split` (``(0, images, ...)`` without copies)."""
-        if not self.copies:
-            return self.split(name)[0][None][:0]
-        return np.stack([self._rows(folder, name)[0] for folder in self.copies])
+        each copy is the image of row ``i`` of :meth:`split` (``(0, images, ...)`` without copies, read from
+        nothing)."""
+        if self.copies:
+            return np.stack([self._rows(folder, name)[0] for folder in self.copies])
+        table = np.load(self.path / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+        return np.empty((0, len(self._pairs(self.path, name)), *table.shape[1:]), table.dtype)
 
     def _rows(self, folder: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
         table = np.load(folder / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
-        row_of = {record[0]: row for row, record in enumerate(read_json(folder / MANIFEST)["files"])}
-        pairs = [(row_of[relative_name(p, self.index.root)], label, p)
-                 for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
+        pairs = self._pairs(folder, name)
         rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
         return np.asarray(table[rows]), np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
+
+    def _pairs(self, folder: Path, name: str) -> list[tuple[int, object, Path]]:
+        """``(table row, label, file)`` of each readable image of a split, in the split's order."""
+        row_of = {record[0]: row for row, record in enumerate(read_json(folder / MANIFEST)["files"])}
+        return [(row_of[relative_name(p, self.index.root)], label, p)
+                for p, label in zip(self.index.files[name], self.index.labels[name]) if str(p) not in self.skipped]
 
 
 def manifest(index: DatasetIndex, config: Config, copy: int | None = None) -> dict:

@@ -10,6 +10,7 @@ framework.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 #: The standard normal quantile of a two-sided 95% interval.
 Z_95 = 1.959963984540054
@@ -34,16 +35,25 @@ def interval_text(accuracy: float, count: int) -> str:
     return f"95% CI {low:.3f}-{high:.3f}, {count} images"
 
 
-def with_intervals(figures: dict, counts: dict[str, int]) -> dict:
-    """``figures`` with the interval of each ``{split}_..._accuracy`` beside it as ``{key}_ci95``, for every
-    split of ``counts`` (images scored per split); other keys are kept as they are."""
+def with_intervals(figures: dict, images: Callable[[str], int | None]) -> dict:
+    """``figures`` with the interval of each accuracy (a float under a key ending in ``accuracy``) beside it as
+    ``{key}_ci95``, ``images(key)`` giving how many images it was measured on (``None``: no interval)."""
     out = {}
     for key, value in figures.items():
         out[key] = value
-        split = key.split("_", 1)[0]
-        if key.endswith("accuracy") and split in counts and isinstance(value, float):
-            out[key + CI_SUFFIX] = list(wilson(value, counts[split]))
+        count = images(key) if key.endswith("accuracy") and isinstance(value, float) else None
+        if count is not None:
+            out[key + CI_SUFFIX] = list(wilson(value, count))
     return out
+
+
+def pooled_interval(folds: list[dict], images: int | None = None) -> tuple[float, float]:
+    """The 95% interval of the held-out accuracy pooled over K-fold results (``val_accuracy`` and
+    ``val_images`` each), counting each of the ``images`` once (default: the folds' images, as one repeat
+    holds each out once): repeats score the same images again, which narrows nothing."""
+    held_out = sum(fold["val_images"] for fold in folds)
+    right = sum(fold["val_accuracy"] * fold["val_images"] for fold in folds)
+    return wilson(right / held_out, held_out if images is None else images)
 
 
 def selection_note(kept_best_epoch: bool, has_test: bool) -> str:

@@ -16,7 +16,7 @@ from tlkit.data.scan import scan
 from tlkit.errors import TlkitError
 from tlkit.inference.multilabel import EPSILON, multilabel_metrics
 from tlkit.inference.predict import iter_probabilities
-from tlkit.intervals import CI_SUFFIX, wilson
+from tlkit.intervals import wilson, with_intervals
 from tlkit.runs import Run, resolve_run
 
 SPLIT_CHOICES = (*SPLIT_NAMES, "all")
@@ -55,10 +55,7 @@ class Scores:
     def to_dict(self) -> dict:
         """The evaluation as plain JSON-ready values (``tlkit evaluate --json``), each accuracy followed by
         its 95% interval (``accuracy_ci95``)."""
-        figures = dataclasses.asdict(self)
-        for key in [key for key, value in figures.items() if key.endswith("accuracy") and isinstance(value, float)]:
-            figures[key + CI_SUFFIX] = list(wilson(figures[key], self.count))
-        return figures
+        return with_intervals(dataclasses.asdict(self), lambda key: self.count)
 
 
 @dataclass(frozen=True)

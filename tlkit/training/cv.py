@@ -28,7 +28,7 @@ from tlkit.data.scan import require_classes, scan
 from tlkit.errors import TlkitError
 from tlkit.features import extract, one_machine
 from tlkit.inference.evaluate import classification_metrics
-from tlkit.intervals import CI_SUFFIX, wilson
+from tlkit.intervals import CI_SUFFIX, pooled_interval
 from tlkit.model import build_head, class_probabilities, compile_model, precision_policy, targets
 from tlkit.training.callbacks import rate_callback
 from tlkit.training.phases import row_weights
@@ -80,10 +80,8 @@ class CVResult:
 
     @property
     def accuracy_ci95(self) -> tuple[float, float]:
-        """The 95% Wilson interval of the pooled held-out accuracy (every fold's right answers over its images),
-        counting each image once: repeats score the same images again, which narrows nothing."""
-        right = sum(fold["val_accuracy"] * fold["val_images"] for fold in self.fold_results)
-        return wilson(right / sum(fold["val_images"] for fold in self.fold_results), self.images)
+        """The 95% Wilson interval of the pooled held-out accuracy (see :func:`tlkit.intervals.pooled_interval`)."""
+        return pooled_interval(self.fold_results, self.images)
 
     def to_dict(self) -> dict:
         """The result as plain JSON-ready values (with ``mean_accuracy_ci95``: :attr:`accuracy_ci95`)."""

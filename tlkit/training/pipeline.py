@@ -193,7 +193,7 @@ def _metrics(job: Job, model: keras.Model, scored: dict, phases: list[dict]) -> 
     if index.multi_label:
         metrics["thresholds"] = dict(zip(index.class_names, map(float, thresholds if thresholds is not None else
                                                                   [MULTI_LABEL_THRESHOLD] * len(index.class_names))))
-    metrics = with_intervals(metrics, scored_count)
+    metrics = with_intervals(metrics, lambda key: scored_count.get(key.split("_", 1)[0]))
     last = phases[-1]["history"]
     best = best_epoch(phases)
     metrics.update({

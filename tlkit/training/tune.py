@@ -35,7 +35,7 @@ import numpy as np
 
 from tlkit.config import Config
 from tlkit.errors import TlkitError
-from tlkit.intervals import wilson
+from tlkit.intervals import pooled_interval
 from tlkit.io import atomic_write, read_json, write_json
 from tlkit.locks import FolderLock, holder
 from tlkit.outputs import check_output
@@ -261,9 +261,7 @@ def _run_trial(trial, pool: FoldPool, config: Config, folds: int) -> dict:
     for name, scores in (("val_loss", loss), ("val_accuracy", accuracy)):
         record |= {name: float(scores.mean()) if finite else None, f"{name}_std": float(scores.std()) if finite
                    else None, f"fold_{name}": [float(x) if math.isfinite(x) else None for x in scores]}
-    held_out = sum(result["val_images"] for result in results)  # each image once: repeats would narrow nothing
-    pooled = sum(result["val_accuracy"] * result["val_images"] for result in results) / held_out
-    record["val_accuracy_ci95"] = list(wilson(pooled, held_out)) if finite else None
+    record["val_accuracy_ci95"] = list(pooled_interval(results)) if finite else None
     return record | {"seconds": round(time.monotonic() - begun, 3)}
 
 
