@@ -15,6 +15,18 @@ Extraction runs at tlkit's extraction batch size (128) on both sides; training a
 - ``frozen_epoch``: one epoch of training with the base frozen and the classic augmentation.
 - ``finetune_epoch``: one epoch with ``block5_conv1`` and up unfrozen.
 
+Host stages (``feed``, ``decode``, ``transfer``; no model in the way), each in images/s, MB/s and as a
+fraction of this machine's memory bandwidth (a plain numpy copy, measured in the same run):
+
+- ``feed``: a decoded-image cache (uint8, memory-mapped) -> shuffled batches in a new order each epoch
+  (:class:`tlkit.data.batches.Batches`, with the reading threads training uses) -> Keras's own data adapter
+  for the backend -> arrays on the device, as ``fit`` takes them. The first epoch pages the cache in; the
+  second is timed.
+- ``decode``: 500x375 JPEGs to the image size with tlkit's decoder and its threads (JPEG draft mode,
+  antialiased resize), against plain Pillow ``open().convert("RGB").resize()`` on the same files in one
+  thread; images/s per core of each.
+- ``transfer``: one batch moved to the device as uint8 (what tlkit sends) and as float32 (4x the bytes).
+
 The ``predict`` stage (tlkit only) runs ``tlkit predict`` in a fresh process over each of
 ``--predict-images`` JPEGs and reports its images/s and peak resident memory: streaming in
 batches, memory must not grow with the count.
@@ -61,7 +73,7 @@ import tlkit  # noqa: E402
 from tlkit.backends.devices import resolve  # noqa: E402
 from tlkit.backbone import build_base, set_trainable_from  # noqa: E402
 from tlkit.config import PRECISIONS  # noqa: E402
-from tlkit.features import EXTRACT_BATCH  # noqa: E402
+from tlkit.extraction import EXTRACT_BATCH  # noqa: E402
 
 CLASSES = ("class_a", "class_b")
 JPEG_SIZE = (500, 375)
@@ -179,6 +191,154 @@ class EpochTimer(keras.callbacks.Callback):
         self.batches.append(self.count)
 
 
+# ---------------------------------------------------------------------------------------------------- host stages
+
+
+def copy_bandwidth(megabytes: int = 256, repeat: int = 5) -> float:
+    """This machine's memory bandwidth in MB/s: bytes copied per second by ``np.copyto`` (best of ``repeat``)."""
+    source = np.ones(megabytes * 2**20, np.uint8)
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return source.nbytes / best / 1e6
+
+
+def host_row(stage: str, images: int, seconds: float, image_bytes: int, bandwidth: float, note: str) -> dict:
+    rate = images / seconds
+    megabytes = rate * image_bytes / 1e6
+    return {"stage": stage, "images_per_s": round(rate, 1), "mb_per_s": round(megabytes, 1),
+            "bandwidth_fraction": round(megabytes / bandwidth, 4), "note": note}
+
+
+def feed_stage(work: Path, count: int, size: int, batch: int, threads: int, bandwidth: float) -> dict:
+    """Images/s from a memory-mapped uint8 cache to arrays on the device, through tlkit's batches and Keras's
+    data adapter, as ``fit`` reads them (the best of three epochs after the first, which pages the cache in)."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    from tlkit.data.batches import Batches
+
+    path = work / f"feed-{count}x{size}.npy"
+    if not path.exists():
+        rows = np.lib.format.open_memmap(path, "w+", np.uint8, (count, size, size, 3))
+        for start in range(0, count, 512):
+            rows[start:start + 512] = np.random.default_rng(start).integers(0, 256, rows[start:start + 512].shape)
+        rows.flush()
+        del rows
+    images = np.load(path, mmap_mode="r")
+    batches = Batches(images, np.zeros(count, np.float32), batch, shuffle=True, seed=0, workers=threads)
+    adapter = PyDatasetAdapter(batches, shuffle=False)
+    to_device = _device_batches(adapter)
+    times = []
+    for _ in range(4):
+        adapter.on_epoch_begin()
+        start = time.perf_counter()
+        seen = sum(len(x) for x in to_device())
+        times.append(time.perf_counter() - start)
+        adapter.on_epoch_end()
+    seconds = min(times[1:])
+    assert seen == count
+    name = "feed" if threads == 1 else f"feed_{threads}_threads"
+    how = "read in the training loop" if threads == 1 else f"{threads} Keras threads reading ahead"
+    return host_row(name, count, seconds, size * size * 3, bandwidth,
+                    f"batch {batch}, {how}, {keras.backend.backend()} adapter")
+
+
+def _device_batches(adapter):
+    """A function iterating ``adapter``'s batches as the backend's trainer does, each image batch on the device
+    (ready when yielded)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def batches():
+            for x, *_ in adapter.get_jax_iterator():
+                yield jax.device_put(x).block_until_ready()
+    elif backend == "torch":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        def batches():
+            for x, *_ in adapter.get_torch_dataloader():
+                yield torch.as_tensor(x).to(device, non_blocking=False)
+    else:
+        dataset = adapter.get_tf_dataset()
+
+        def batches():
+            for x, *_ in dataset:
+                yield x
+    return batches
+
+
+def decode_stage(work: Path, count: int, size: int, workers: int, bandwidth: float) -> list[dict]:
+    """tlkit's threaded decoder against plain single-threaded Pillow, on the same 500x375 JPEGs."""
+    from tlkit.data.decode import decode_images
+
+    files = sorted(path for part in make_images(work / "decode", count, seed=2) for path in part.glob("*.jpg"))
+    for path in files:  # both sides read from the page cache: decoding is what is timed
+        path.read_bytes()
+    start = time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            np.asarray(image.convert("RGB").resize((size, size)))
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    _, decoded, _ = decode_images(files, size, workers)
+    ours = time.perf_counter() - start
+    threads = min(workers, os.cpu_count() or 1)
+    image_bytes = size * size * 3
+    rows = [host_row("decode_pillow", len(files), plain, image_bytes, bandwidth, "1 thread; per core: the same"),
+            host_row("decode_tlkit", len(decoded), ours, image_bytes, bandwidth,
+                     f"{workers} worker thread(s) on {os.cpu_count()} core(s); per core: "
+                     f"{len(decoded) / ours / threads:.1f} images/s")]
+    return rows
+
+
+def transfer_stage(size: int, batch: int, bandwidth: float, repeat: int = 20) -> list[dict]:
+    """One batch to the device, uint8 against float32 (best of ``repeat``), images/s and MB/s moved."""
+    rows = []
+    for dtype in (np.uint8, np.float32):
+        x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3)).astype(dtype)
+        move = _mover()
+        move(x)
+        best = min(_timed(move, x) for _ in range(repeat))
+        rows.append(host_row(f"transfer_{np.dtype(dtype).name}", batch, best, x[0].nbytes, bandwidth,
+                             f"batch {batch}, {x.nbytes / 1e6:.1f} MB, to {_device_name()}"))
+    return rows
+
+
+def _timed(move, x) -> float:
+    start = time.perf_counter()
+    move(x)
+    return time.perf_counter() - start
+
+
+def _mover():
+    """A function copying a numpy batch onto the backend's first device, returning when it is there."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return lambda x: jax.device_put(x).block_until_ready()
+    if backend == "torch":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            return lambda x: torch.tensor(x)  # a copy (as_tensor would share the numpy memory)
+        return lambda x: torch.as_tensor(x).to(device) and torch.cuda.synchronize()
+    import tensorflow as tf
+
+    return tf.constant  # a host copy into a tensor (TensorFlow is not on the GPU machine: CPU only here)
+
+
+def _device_name() -> str:
+    return _devices()[0]
+
+
 # ---------------------------------------------------------------------------------------------- the classic recipe
 
 
@@ -241,7 +401,15 @@ def main() -> None:
     parser.add_argument("--source", type=Path, help="cut the JPEGs from the photos in this folder")
     parser.add_argument("--workdir", type=Path, help="keep the dataset and caches here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--stages", default="extract,frozen,finetune", help="comma-separated subset")
+    parser.add_argument("--stages", default="feed,decode,transfer,extract,frozen,finetune",
+                        help="comma-separated subset (also: predict)")
+    parser.add_argument("--host-images", type=int, default=4000, help="images of the feed and decode stages")
+    parser.add_argument("--workers", type=int, default=tlkit.RuntimeConfig().workers, help="tlkit's decoding threads")
+    parser.add_argument("--feed-threads", type=int, default=4,
+                        help="the feed stage's second row: batches read ahead by this many of Keras's threads")
+    parser.add_argument("--classic-from", type=Path,
+                        help="take the classic side's figures from this earlier --json output instead of running it "
+                             "again (e.g. a second precision)")
     parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="tlkit's compute precision (the classic recipe is float32)")
@@ -252,15 +420,17 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tlkit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
+    host = host_stages(work, args, stages) if {"feed", "decode", "transfer"} & set(stages) else []
     data = work / "data"
-    if not data.is_dir():
+    if {"extract", "frozen", "finetune", "predict"} & set(stages) and not data.is_dir():
         print(f"making {args.images} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} in {data}", flush=True)
         make_dataset(data, args.images, args.source)
     train = data / "train"
     config = tlkit.Config().replace(
         data={"image_size": args.image_size}, model={"weights": args.weights}, fit={"batch_size": args.batch_size},
         runtime={"cache_dir": str(work / "cache"), "precision": args.precision, "distribute": args.distribute})
-    size, batch, stages = args.image_size, args.batch_size, args.stages.split(",")
     results = []
 
     def record(stage: str, classic: float, ours: float) -> None:
@@ -268,19 +438,34 @@ def main() -> None:
                         "ratio": ours / classic})
         print(f"  {stage:<16} classic {classic:9.1f}  tlkit {ours:11.1f}  ratio {ours / classic:8.2f}", flush=True)
 
+    spans = []  # when each side of each stage ran (gpu_check.sh matches its GPU samples to them)
+    known = {row["stage"]: row["classic_images_per_s"]
+             for row in json.loads(args.classic_from.read_text())["results"]} if args.classic_from else {}
+
+    def timed(stage: str, side: str, function, *arguments):
+        start = time.time()
+        value = function(*arguments)
+        spans.append({"stage": stage, "side": side, "start": start, "end": time.time()})
+        return value
+
+    def classic(stage: str, function, *arguments) -> float:
+        return known[stage] if stage in known else timed(stage, "classic", function, *arguments)
+
     if "extract" in stages:  # alternating sides, best of --repeat: a shared machine's noise hits both alike
         for stage, clear in (("extract_cold", ("features", "images")), ("extract_warm", ("features",))):
-            pairs = [(classic_extract(train, size, EXTRACT_BATCH, args.weights), tlkit_extract(data, config, clear))
-                     for _ in range(args.repeat)]
+            pairs = [(classic(stage, classic_extract, train, size, EXTRACT_BATCH, args.weights),
+                      timed(stage, "tlkit", tlkit_extract, data, config, clear)) for _ in range(args.repeat)]
             record(stage, max(c for c, _ in pairs), max(t for _, t in pairs))
-        record("extract_cached", results[-1]["classic_images_per_s"], tlkit_extract(data, config, clear=()))
+        record("extract_cached", results[-1]["classic_images_per_s"],
+               timed("extract_cached", "tlkit", tlkit_extract, data, config, ()))
     runs = work / f"runs-{time.time_ns()}"
     if "frozen" in stages or "finetune" in stages:
-        record("frozen_epoch", classic_epoch(train, size, batch, args.weights, None),
-               tlkit_epoch(data, config, runs, "frozen"))
+        record("frozen_epoch", classic("frozen_epoch", classic_epoch, train, size, batch, args.weights, None),
+               timed("frozen_epoch", "tlkit", tlkit_epoch, data, config, runs, "frozen"))
     if "finetune" in stages:
-        record("finetune_epoch", classic_epoch(train, size, batch, args.weights, "block5_conv1"),
-               tlkit_epoch(data, config, runs, "finetune", from_run=runs / "frozen"))
+        record("finetune_epoch",
+               classic("finetune_epoch", classic_epoch, train, size, batch, args.weights, "block5_conv1"),
+               timed("finetune_epoch", "tlkit", tlkit_epoch, data, config, runs, "finetune", runs / "frozen"))
 
     predictions = []
     if "predict" in stages:
@@ -290,20 +475,50 @@ def main() -> None:
         settings = config.replace(fit={"mode": "features", "epochs": 1})
         run = tlkit.train(data, settings, run_dir=runs / "predict-run", verbose=0).run_dir
         for count in counts:
-            predictions.append(predict_in_process(parts[:-(-count // 1000)], run, work / f"predict-{count}.txt"))
+            predictions.append(timed(f"predict_{count}", "tlkit", predict_in_process, parts[:-(-count // 1000)], run,
+                                     work / f"predict-{count}.txt"))
             print(f"  predict {predictions[-1]}", flush=True)
 
     report = {
         "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
         "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
         "tlkit_precision": args.precision, "tlkit_devices": resolve(args.distribute).describe(),
-        "results": results, "predict": predictions,
+        "host": host, "results": results, "predict": predictions, "spans": spans,
+        "classic_from": str(args.classic_from) if args.classic_from else None,
     }
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def host_stages(work: Path, args: argparse.Namespace, stages: list[str]) -> list[dict]:
+    """The feed, decode and transfer stages asked for, printed as a table as they finish."""
+    bandwidth = copy_bandwidth()
+    rows = [{"stage": "memory_copy", "images_per_s": None, "mb_per_s": round(bandwidth, 1), "bandwidth_fraction": 1.0,
+             "note": "np.copyto of 256 MB, best of 5"}]
+    print(f"  {'stage':<16} {'images/s':>10} {'MB/s':>9} {'of copy':>8}  note", flush=True)
+    _print_host(rows[0])
+    if "feed" in stages:
+        for threads in (1, args.feed_threads):  # tlkit reads in the training loop; then with Keras's threads
+            rows.append(feed_stage(work, args.host_images, args.image_size, args.batch_size, threads, bandwidth))
+            _print_host(rows[-1])
+    if "decode" in stages:
+        for row in decode_stage(work, min(args.host_images, 1000), args.image_size, args.workers, bandwidth):
+            rows.append(row)
+            _print_host(row)
+    if "transfer" in stages:
+        for row in transfer_stage(args.image_size, args.batch_size, bandwidth):
+            rows.append(row)
+            _print_host(row)
+    return rows
+
+
+def _print_host(row: dict) -> None:
+    rate = "" if row["images_per_s"] is None else f"{row['images_per_s']:,.1f}"
+    print(f"  {row['stage']:<16} {rate:>10} {row['mb_per_s']:>9,.1f} {row['bandwidth_fraction']:>8.3f}  {row['note']}",
+          flush=True)
 
 
 def _devices() -> list[str]:

@@ -8,7 +8,7 @@ from PIL import Image
 
 import tlkit
 import tlkit.training.cv
-import tlkit.features
+import tlkit.extraction
 from tlkit.training.cv import cross_validate, stratified_folds
 from tlkit.features import extract
 
@@ -98,8 +98,8 @@ def test_held_out_images_are_never_trained_on(tmp_path, config):
 def test_features_are_extracted_once_and_then_reused(tmp_path, config, monkeypatch, caplog):
     looked_up, built = [], []
     monkeypatch.setattr(tlkit.training.cv, "extract", lambda *a: looked_up.append(a) or extract(*a))
-    original = tlkit.features.build_feature_extractor
-    monkeypatch.setattr(tlkit.features, "build_feature_extractor", lambda *a: built.append(a) or original(*a))
+    original = tlkit.extraction.build_feature_extractor
+    monkeypatch.setattr(tlkit.extraction, "build_feature_extractor", lambda *a: built.append(a) or original(*a))
     data = make_dataset(tmp_path / "d", per_class=4)
     settings = config.replace(train={"epochs": 1})
     first = cross_validate(data, settings, folds=2, repeats=2)

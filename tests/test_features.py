@@ -98,7 +98,7 @@ def test_library_exposes_extract():
 @pytest.mark.backend_independent
 def test_chunks_span_splits_and_keep_each_image_with_its_row(tmp_path):
     from tlkit.io import RowFile
-    from tlkit.features import _chunks
+    from tlkit.extraction import _chunks
 
     first = np.arange(5, dtype=np.float32).reshape(5, 1)
     second = np.arange(10, 13, dtype=np.float32).reshape(3, 1)

@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
-from conftest import REPO
+import tlkit
+from tlkit.backbone import DIGESTS_FILE, weights_identity
+from tlkit.io import CACHE_CHECKSUM, cache_folder, write_checksums
+
+from conftest import REPO, make_dataset, write_image
 
 pytestmark = pytest.mark.backend_independent  # see conftest: the TensorFlow pass runs it
 
@@ -67,6 +72,37 @@ def test_commands_that_need_no_model_load_no_framework(args, code):
                          "except SystemExit as exc:\n    print('exit', exc.code)\n")
     assert found["frameworks"] == [] and f"exit {code}" in found["stdout"]
     assert "I0000" not in found["stderr"] and "E0000" not in found["stderr"]
+
+
+def test_extract_of_unchanged_data_answers_from_its_manifests_without_a_framework(tmp_path):
+    """A second ``tlkit extract`` finds every cache current from file stats alone: no framework imported, the
+    weights file hashed once for every process (its digest noted in the cache); a change is extracted again."""
+    data = make_dataset(tmp_path / "data", per_class=4)
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"not read: only hashed" * 1000)  # a cache miss would fail to load it
+    cache = tmp_path / "cache"
+    flags = ["--image-size", "32", "--cache-dir", str(cache), "--weights", str(weights), "--augmented-copies", "1"]
+    from tlkit.features import manifest
+
+    config = tlkit.Config().replace(data={"image_size": 32}, model={"weights": str(weights)},
+                                    fit={"augmented_copies": 1}, runtime={"cache_dir": str(cache)})
+    index = tlkit.scan(data, config.data)
+    for copy in (None, 0):  # the caches the real extraction would have written: a manifest and its table
+        folder = cache_folder(cache, "features", manifest(index, config, copy))
+        folder.mkdir(parents=True)
+        np.save(folder / "features.npy", np.zeros((8, 1, 1, 512), np.float32))
+        (folder / "skipped.json").write_text("{}")
+        (folder / "manifest.json").write_text(json.dumps(manifest(index, config, copy)))
+        write_checksums(folder, CACHE_CHECKSUM)
+    found = loaded_after(f"from tlkit.cli import main\ntry:\n    main(['extract', {str(data)!r}, *{flags!r}])\n"
+                         "except SystemExit as exc:\n    print('exit', exc.code)\n")
+    assert found["frameworks"] == [] and "features reused:" in found["stdout"] and "exit 0" in found["stdout"]
+    assert json.loads((cache / DIGESTS_FILE).read_text()) == {
+        f"{weights.resolve()}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}": weights_identity(str(weights))}
+    write_image(data / "red" / "new.jpg", (200, 0, 0))
+    found = loaded_after(f"from tlkit.cli import main\ntry:\n    main(['extract', {str(data)!r}, *{flags!r}])\n"
+                         "except SystemExit as exc:\n    print('exit', exc.code)\n")
+    assert "keras" in found["frameworks"] and "exit 1" in found["stdout"]  # the fake weights do not load
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's start-up lines")

@@ -10,6 +10,7 @@ Importing this module imports no ML framework; building the base does.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from functools import lru_cache
@@ -43,10 +44,12 @@ def _vgg16_arrays() -> tuple[tuple[int, ...], ...]:
 VGG16_ARRAYS = _vgg16_arrays()
 
 
-def weights_identity(weights: str) -> str:
+def weights_identity(weights: str, remember_in: Path | None = None) -> str:
     """A string that changes whenever the weights do: ``imagenet``, ``none``, or ``sha256:<digest>`` of a file.
 
-    A file's digest is computed once per process while its size and modification time stay the same.
+    A file's digest is computed once per process while its size and modification time stay the same, and
+    with ``remember_in`` (a folder: the feature cache's) once for every process, noted there in
+    :data:`DIGESTS_FILE`.
 
     Raises:
         TlkitError: If ``weights`` names a file that does not exist.
@@ -56,14 +59,33 @@ def weights_identity(weights: str) -> str:
         return kind
     path = weights_path(weights).resolve()
     info = os.stat(path)
-    return _file_identity(str(path), info.st_size, info.st_mtime_ns)
+    return _file_identity(str(path), info.st_size, info.st_mtime_ns, remember_in)
+
+
+#: The digests of weights files in a feature cache, by path, size and modification time.
+DIGESTS_FILE = "weights-digests.json"
 
 
 @lru_cache(maxsize=8)
-def _file_identity(path: str, size: int, mtime_ns: int) -> str:
-    from tlkit.io import digest
+def _file_identity(path: str, size: int, mtime_ns: int, remember_in: Path | None) -> str:
+    from tlkit.io import digest, write_json
 
-    return f"sha256:{digest(path, 'sha256')}"
+    noted = {}
+    key = f"{path}|{size}|{mtime_ns}"
+    if remember_in is not None:
+        try:
+            noted = json.loads((remember_in / DIGESTS_FILE).read_text())
+            return noted[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            noted = noted if isinstance(noted, dict) else {}
+    identity = f"sha256:{digest(path, 'sha256')}"
+    if remember_in is not None:
+        try:
+            remember_in.mkdir(parents=True, exist_ok=True)
+            write_json(remember_in / DIGESTS_FILE, {**noted, key: identity})
+        except OSError:  # a read-only cache still works, hashing each time
+            pass
+    return identity
 
 
 def weights_path(weights: str) -> Path:

@@ -29,7 +29,7 @@ POOLINGS = ("avg", "flatten")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 WARMUP_MODES = ("features", "frozen")
 AUGMENT_ON = ("device", "cpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
@@ -208,8 +208,10 @@ class FitConfig(Section):
 class RuntimeConfig(Section):
     """How this machine runs the job: precision, where augmentation runs, devices, threads, cache folder."""
 
-    precision: str = option("float32", help="Compute precision; mixed types keep the output layer float32.",
-                            choices=PRECISIONS)
+    precision: str = option("float32", help="Compute precision; mixed types keep the output layer float32. auto: "
+                                            "mixed_bfloat16 where the device computes bfloat16 natively (NVIDIA "
+                                            "compute capability 8.0+, TPU, a CPU with AMX or AVX512-BF16 on "
+                                            "TensorFlow or PyTorch), else float32.", choices=PRECISIONS)
     augment_on: str = option("device", choices=AUGMENT_ON, help="Augment inside the training step (device) or "
                                                                "with the classic ImageDataGenerator (cpu).")
     distribute: str = option("auto", choices=DISTRIBUTE, machine=True,

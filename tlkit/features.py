@@ -2,13 +2,13 @@
 
 The cache is keyed by a manifest of everything the features depend on: the
 dataset folder, every file's relative path, size and mtime, the image size, the
-weights' identity and the feature layer. The same manifest finds the same cache
+weights' identity, the feature layer and the compute precision. The same manifest finds the same cache
 folder (reused, and said so); any change finds a new one (recomputed). One row
 per file of the whole dataset, so changing the split or its seed reuses the cache.
 
-Extraction streams: each split's images come from the decoded-image cache (see
-:func:`tlkit.data.image_cache.load_split`) a chunk at a time, and their features are written into
-an ``.npy`` file as they come (plain file I/O, so memory stays flat).
+Finding that every cache is current needs only the manifests and file stats: no ML framework is imported
+then, and ``tlkit extract`` on unchanged data answers at once. Building a cache is
+:mod:`tlkit.extraction`'s job, imported when one is missing.
 
 Augmented copies (``--augmented-copies K``, offline augmentation): copy ``k`` holds the features of every
 image randomly transformed as training augments it (:class:`~tlkit.augment.RandomAffine`, seeded by ``k``),
@@ -21,36 +21,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
-from tlkit.augment import AlwaysAugment, RandomAffine
-from tlkit.backbone import FEATURE_LAYER, build_base, weights_identity
-from tlkit.backends.devices import Devices, resolve
+from tlkit.backbone import FEATURE_LAYER, weights_identity
 from tlkit.config import Config
-from tlkit.errors import OptionError
-from tlkit.data.image_cache import IMAGES_FILE, load_split
 from tlkit.data.index import DatasetIndex
 from tlkit.data.scan import scan
-from tlkit.io import (MANIFEST, RowFile, building, cache_folder, file_records, is_built, read_json, relative_name,
-                      write_json)
-from tlkit.locks import building_cache
-from tlkit.model import build_feature_extractor, precision_policy, predict_rows
+from tlkit.errors import OptionError
+from tlkit.hardware import resolve_precision
+from tlkit.io import MANIFEST, cache_folder, file_records, is_built, read_json, relative_name
+
+if TYPE_CHECKING:
+    from tlkit.backends.devices import Devices
 
 log = logging.getLogger("tlkit")
 
 CACHE_VERSION = 3
 #: The feature table in a feature-cache folder: one row per file of the dataset.
 FEATURES_FILE = "features.npy"
-#: Images pushed through the base per chunk while extracting (memory stays bounded by it).
-CHUNK_IMAGES = 1024
-#: Batch size of feature extraction: inference only, so larger than training's.
-EXTRACT_BATCH = 128
 
 
 @dataclass
@@ -106,10 +98,10 @@ def manifest(index: DatasetIndex, config: Config, copy: int | None = None) -> di
         "root": str(index.root.resolve()),
         "files": file_records(files, index.root),
         "image_size": config.data.image_size,
-        "weights": weights_identity(config.model.weights),
+        "weights": weights_identity(config.model.weights, remember_in=Path(config.runtime.cache_dir)),
         "seed": config.data.seed if config.model.weights.lower() == "none" else None,
         "layer": FEATURE_LAYER,
-        "precision": config.runtime.precision,
+        "precision": resolve_precision(config.runtime.precision).policy,
         **augmented,
     }
 
@@ -136,82 +128,29 @@ def extract(data: str | Path | DatasetIndex, config: Config | None = None, verbo
     """
     config = config or Config()
     if devices is None:
-        devices = resolve(one_machine(config.runtime.distribute))
+        one_machine(config.runtime.distribute)
     index = data if isinstance(data, DatasetIndex) else scan(data, config.data)
-    folder, reused = _cached(index, config, verbose, devices)
-    copies = tuple(_cached(index, config, verbose, devices, copy)[0] for copy in range(config.fit.augmented_copies))
-    undecodable = {str(index.root / name): reason for name, reason in read_json(folder / "skipped.json").items()}
-    return FeatureSet(index, folder, reused, {**index.skipped, **undecodable}, copies)
+    wanted = [manifest(index, config, copy) for copy in (None, *range(config.fit.augmented_copies))]
+    folders = [cache_folder(config.runtime.cache_dir, "features", manifest_) for manifest_ in wanted]
+    reused = [is_built(folder) for folder in folders]
+    if not all(reused):  # only now the framework: the devices, the base, the extraction
+        from tlkit.backends import load_quietly
 
+        load_quietly()
+        from tlkit.backends.devices import resolve
+        from tlkit.extraction import build_cache
 
-def _cached(index: DatasetIndex, config: Config, verbose: int, devices: Devices,
-            copy: int | None = None) -> tuple[Path, bool]:
-    """The cache folder of the plain features (or of augmented copy ``copy``), built unless it exists; and
-    whether it existed."""
-    wanted = manifest(index, config, copy)
-    folder = cache_folder(config.runtime.cache_dir, "features", wanted)
-    copy_name = "" if copy is None else f" (augmented copy {copy + 1})"
-    reused = is_built(folder)
-    if not reused:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with building_cache(folder):
-            reused = is_built(folder)  # built meanwhile by the process waited for
-            if not reused:
-                log.info("extracting features%s of %d images into %s", copy_name, len(wanted["files"]), folder)
-                _compute(index, config, wanted, folder, verbose, devices, copy=copy)
-    if reused:
-        log.info("feature cache%s up to date, reusing %s", copy_name, folder)
-    return folder, reused
-
-
-def _compute(index: DatasetIndex, config: Config, wanted: dict, folder: Path, verbose: int,
-             devices: Devices, *, copy: int | None) -> None:
-    """Stream every split's decoded images through the base into a new cache folder, made whole at the end.
-
-    Images come from the decoded-image caches (built here if missing), read a chunk at a time
-    across all splits, and their features are written into the table as they are computed. For an
-    augmented copy, each image is randomly transformed first, on the device, seeded by ``copy``.
-    """
-    row_of = {record[0]: row for row, record in enumerate(wanted["files"])}
-    augment = None if copy is None else AlwaysAugment(RandomAffine.from_augment_config(config.augment, seed=copy))
-    with precision_policy(config.runtime.precision), devices.local_scope():
-        base = build_base(config.model.weights, config.data.image_size, config.data.seed)
-        extractor = build_feature_extractor(base, augment)
-    skipped: dict[str, str] = {}
-    with building(folder) as staging, ExitStack() as files:
-        table = files.enter_context(RowFile(staging / FEATURES_FILE, (len(row_of), *extractor.output_shape[1:])))
-        sources = []  # per split: its decoded images (read, not mapped: memory stays flat) and their table rows
-        for name, paths in index.files.items():
-            if not paths:  # --val-split 0 leaves val empty: nothing to decode
-                continue
-            split = load_split(index, name, config, progress=bool(verbose))
-            skipped.update({relative_name(Path(path), index.root): reason for path, reason in split.skipped.items()})
-            sources.append((files.enter_context(RowFile(split.cache / IMAGES_FILE)),
-                            [row_of[relative_name(path, index.root)] for path in split.files]))
-        bar = keras.utils.Progbar(sum(len(rows) for _, rows in sources), unit_name="image") if verbose else None
-        done = 0
-        for images, rows in _chunks(sources, CHUNK_IMAGES):
-            for row, feature in zip(rows, predict_rows(extractor, images, EXTRACT_BATCH, devices)):
-                table.write(row, feature[None])
-            done += len(rows)
-            if bar is not None:
-                bar.update(done)
-        write_json(staging / "skipped.json", skipped)
-        write_json(staging / MANIFEST, wanted)
-
-
-def _chunks(sources: list[tuple[RowFile, list[int]]], size: int) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """The images of every source in turn, ``size`` at a time (a chunk may span splits), with their rows."""
-    positions = [(source, i) for source, (_, rows) in enumerate(sources) for i in range(len(rows))]
-    for start in range(0, len(positions), size):
-        part = positions[start:start + size]
-        arrays, rows = [], []
-        for source in dict.fromkeys(source for source, _ in part):
-            local = [i for s, i in part if s == source]
-            images, table_rows = sources[source]
-            arrays.append(images.read(local[0], local[-1] + 1))
-            rows.extend(table_rows[i] for i in local)
-        yield np.concatenate(arrays), rows
+        if devices is None:
+            devices = resolve(config.runtime.distribute)
+        for copy, (manifest_, folder) in enumerate(zip(wanted, folders)):
+            if not reused[copy]:
+                reused[copy] = build_cache(index, config, manifest_, folder, verbose, devices,
+                                           copy=copy - 1 if copy else None)
+    for copy, (folder, was_there) in enumerate(zip(folders, reused)):
+        if was_there:
+            log.info("feature cache%s up to date, reusing %s", f" (augmented copy {copy})" if copy else "", folder)
+    undecodable = {str(index.root / name): reason for name, reason in read_json(folders[0] / "skipped.json").items()}
+    return FeatureSet(index, folders[0], reused[0], {**index.skipped, **undecodable}, tuple(folders[1:]))
 
 
 def one_machine(distribute: str) -> str:

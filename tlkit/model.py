@@ -21,6 +21,7 @@ from keras import ops
 from tlkit.backbone import IMAGENET_BGR_MEAN
 from tlkit.backends.devices import Devices, pad_rows, round_up
 from tlkit.config import MULTI_LABEL_THRESHOLD, PREDICT_BATCH, TOP_K, ModelConfig
+from tlkit.hardware import resolve_precision
 
 HEAD_NAME = "head"
 #: The preprocessing layer's name inside a classifier.
@@ -150,9 +151,10 @@ def targets(labels, num_classes: int, multi_label: bool = False):
 
 @contextmanager
 def precision_policy(name: str) -> Iterator[None]:
-    """Build models under Keras dtype policy ``name`` (``float32``, ``mixed_float16``, ``mixed_bfloat16``)."""
+    """Build models under Keras dtype policy ``name`` (``float32``, ``mixed_float16``, ``mixed_bfloat16``), or
+    under the one ``auto`` resolves to here (:func:`tlkit.hardware.resolve_precision`)."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
+    keras.config.set_dtype_policy(resolve_precision(name).policy)
     try:
         yield
     finally:

@@ -30,6 +30,7 @@ from typing import Any
 from tlkit import __version__
 from tlkit.config import DEFAULT_RUNS_DIR, MULTI_LABEL_THRESHOLD, Config, config_from_dict
 from tlkit.errors import TlkitError
+from tlkit.hardware import resolve_precision
 from tlkit.io import CHECKSUMS, atomic_write, damage, read_json, write_checksums, write_json
 
 log = logging.getLogger("tlkit")
@@ -301,6 +302,7 @@ def write_run(out: Path, model, config: Config, record: dict, phases: list[dict]
         "tlkit_version": __version__,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
+        "precision": resolve_precision(config.runtime.precision).describe(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **record,
     }

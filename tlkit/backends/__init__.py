@@ -34,6 +34,9 @@ def load_quietly() -> None:
     Raises:
         TlkitError: If ``KERAS_BACKEND`` names a backend that is not installed.
     """
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
     try:
         _load_keras_quietly()
     except ModuleNotFoundError as exc:

@@ -38,7 +38,7 @@ def main() -> None:
 @quiet_option
 def extract(data: str, config_file: str | None, quiet: bool, **options) -> None:
     """Extract and cache VGG16 features of every image in DATA (reused while nothing changed)."""
-    start(quiet)
+    start(quiet, framework=False)  # unchanged data is answered from the cache manifests alone
     from tlkit.features import extract as extract_features
 
     with progress_to_stderr():

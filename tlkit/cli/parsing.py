@@ -108,17 +108,18 @@ def build_config(config_file: str | None, options: dict) -> cfg.Config:
     return base.replace(**given_options(options))
 
 
-def start(quiet: bool) -> None:
-    """Before a command that uses a model: tlkit's log lines to stderr, the ML framework loaded quietly."""
+def start(quiet: bool, framework: bool = True) -> None:
+    """Before a command's work: tlkit's log lines to stderr, and the ML framework loaded quietly (unless
+    ``framework`` is False: the library then loads it, as quietly, only if the work needs it)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
-    from tlkit.backends import load_quietly
+    if framework:
+        from tlkit.backends import load_quietly
 
-    load_quietly()
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
+        load_quietly()
 
 
 def progress_to_stderr() -> contextlib.AbstractContextManager:
