@@ -7,6 +7,7 @@ exporters, whose formats belong to TensorFlow and PyTorch.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -34,8 +35,6 @@ def load_quietly() -> None:
     Raises:
         TlkitError: If ``KERAS_BACKEND`` names a backend that is not installed.
     """
-    import logging
-
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing notes
     try:
         _load_keras_quietly()
