@@ -19,9 +19,9 @@ Host stages (``feed``, ``decode``, ``transfer``; no model in the way), each in i
 fraction of this machine's memory bandwidth (a plain numpy copy, measured in the same run):
 
 - ``feed``: a decoded-image cache (uint8, memory-mapped) -> shuffled batches in a new order each epoch
-  (:class:`tlkit.data.batches.Batches`, with the reading threads training uses) -> Keras's own data adapter
-  for the backend -> arrays on the device, as ``fit`` takes them. The first epoch pages the cache in; the
-  second is timed.
+  (:class:`tlkit.data.batches.Batches`, read in the training loop as tlkit trains) -> Keras's own data
+  adapter for the backend -> arrays on the device, as ``fit`` takes them. The first epoch pages the cache in;
+  the best of the next three counts. A second row reads ahead with Keras's threads, for comparison.
 - ``decode``: 500x375 JPEGs to the image size with tlkit's decoder and its threads (JPEG draft mode,
   antialiased resize), against plain Pillow ``open().convert("RGB").resize()`` on the same files in one
   thread; images/s per core of each.
@@ -329,7 +329,12 @@ def _mover():
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             return lambda x: torch.tensor(x)  # a copy (as_tensor would share the numpy memory)
-        return lambda x: torch.as_tensor(x).to(device) and torch.cuda.synchronize()
+        def move(x):
+            moved = torch.as_tensor(x).to(device)
+            torch.cuda.synchronize()
+            return moved
+
+        return move
     import tensorflow as tf
 
     return tf.constant  # a host copy into a tensor (TensorFlow is not on the GPU machine: CPU only here)
@@ -431,14 +436,26 @@ def main() -> None:
     config = tlkit.Config().replace(
         data={"image_size": args.image_size}, model={"weights": args.weights}, fit={"batch_size": args.batch_size},
         runtime={"cache_dir": str(work / "cache"), "precision": args.precision, "distribute": args.distribute})
-    results = []
+    results, predictions, spans = [], [], []  # spans: when each side of each stage ran (for GPU samples)
+    report = {
+        "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
+        "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
+        "tlkit_precision": args.precision, "tlkit_devices": resolve(args.distribute).describe(),
+        "host": host, "results": results, "predict": predictions, "spans": spans,
+        "classic_from": str(args.classic_from) if args.classic_from else None,
+    }
+
+    def save() -> None:  # after every stage: a run cut short (a timeout) keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
 
     def record(stage: str, classic: float, ours: float) -> None:
         results.append({"stage": stage, "classic_images_per_s": classic, "tlkit_images_per_s": ours,
                         "ratio": ours / classic})
         print(f"  {stage:<16} classic {classic:9.1f}  tlkit {ours:11.1f}  ratio {ours / classic:8.2f}", flush=True)
+        save()
 
-    spans = []  # when each side of each stage ran (gpu_check.sh matches its GPU samples to them)
+    save()
     known = {row["stage"]: row["classic_images_per_s"]
              for row in json.loads(args.classic_from.read_text())["results"]} if args.classic_from else {}
 
@@ -467,7 +484,6 @@ def main() -> None:
                classic("finetune_epoch", classic_epoch, train, size, batch, args.weights, "block5_conv1"),
                timed("finetune_epoch", "tlkit", tlkit_epoch, data, config, runs, "finetune", runs / "frozen"))
 
-    predictions = []
     if "predict" in stages:
         counts = [int(n) for n in args.predict_images.split(",")]
         print(f"making {max(counts)} JPEGs to predict", flush=True)
@@ -478,17 +494,9 @@ def main() -> None:
             predictions.append(timed(f"predict_{count}", "tlkit", predict_in_process, parts[:-(-count // 1000)], run,
                                      work / f"predict-{count}.txt"))
             print(f"  predict {predictions[-1]}", flush=True)
+            save()
 
-    report = {
-        "backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(),
-        "images": args.images, "image_size": size, "batch_size": batch, "weights": args.weights,
-        "tlkit_precision": args.precision, "tlkit_devices": resolve(args.distribute).describe(),
-        "host": host, "results": results, "predict": predictions, "spans": spans,
-        "classic_from": str(args.classic_from) if args.classic_from else None,
-    }
     print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

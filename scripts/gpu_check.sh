@@ -13,12 +13,13 @@
 #   scripts/gpu_check.sh --prepare
 # There (the device tool, carrying .whl):
 #   bash scripts/gpu_check.sh
-# Anywhere, in a minute and on a CPU, with tiny sizes (CI runs it so that it cannot rot):
+# Anywhere, in a few minutes on a CPU, with tiny sizes (CI runs it so that it cannot rot):
 #   OUT=/tmp/check bash scripts/gpu_check.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
 WHEELS=.whl
+PYTHON=${PYTHON:-python3}  # the interpreter (tests give their own)
 
 if [ "$MODE" = --prepare ]; then
     grep -qx '/.whl/' .git/info/exclude 2> /dev/null || echo /.whl/ >> .git/info/exclude
@@ -31,8 +32,8 @@ fi
 
 OUT=${OUT:?set OUT to the folder the results go to}
 mkdir -p "$OUT"
-if ! python3 -c "import keras" 2> /dev/null; then  # the GPU machine: the carried wheels
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
+if ! "$PYTHON" -c "import keras" 2> /dev/null; then  # the GPU machine: the carried wheels
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site:$PWD
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -60,16 +61,16 @@ trap '[ -n "$SAMPLER" ] && kill "$SAMPLER" 2> /dev/null || true' EXIT
 
 WORK=$(mktemp -d)
 STAGES=feed,decode,transfer,extract,frozen,finetune,predict
-timeout "${LIMITS[0]}" python3 scripts/bench.py "${SIZES[@]}" --stages "$STAGES" --workdir "$WORK" \
+timeout "${LIMITS[0]}" "$PYTHON" scripts/bench.py "${SIZES[@]}" --stages "$STAGES" --workdir "$WORK" \
     --json "$OUT/bench-float32.json" > "$OUT/bench-float32.txt" 2>&1 || echo "bench float32: exit $?"
 if [ -f "$OUT/bench-float32.json" ]; then
-    timeout "${LIMITS[1]}" python3 scripts/bench.py "${SIZES[@]}" --stages extract,frozen,finetune \
+    timeout "${LIMITS[1]}" "$PYTHON" scripts/bench.py "${SIZES[@]}" --stages extract,frozen,finetune \
         --precision mixed_bfloat16 --classic-from "$OUT/bench-float32.json" --workdir "$WORK" \
         --json "$OUT/bench-mixed_bfloat16.json" > "$OUT/bench-mixed_bfloat16.txt" 2>&1 \
         || echo "bench mixed_bfloat16: exit $?"
 fi
 # shellcheck disable=SC2086
-timeout "${LIMITS[2]}" python3 -m pytest $TEST_FILES "${TESTS[@]}" > "$OUT/tests.txt" 2>&1 || echo "tests: exit $?"
+timeout "${LIMITS[2]}" "$PYTHON" -m pytest $TEST_FILES "${TESTS[@]}" > "$OUT/tests.txt" 2>&1 || echo "tests: exit $?"
 rm -rf "$WORK"
 
 BENCHES=()
@@ -77,4 +78,4 @@ for precision in float32 mixed_bfloat16; do
     [ -f "$OUT/bench-$precision.json" ] && BENCHES+=(--bench "$precision=$OUT/bench-$precision.json")
 done
 [ ${#BENCHES[@]} -gt 0 ] || { echo "no benchmark finished: see $OUT/bench-float32.txt"; exit 1; }
-python3 scripts/gpu_report.py "${BENCHES[@]}" --samples "$OUT/gpu-samples.csv" --tests "$OUT/tests.txt" --out "$OUT"
+"$PYTHON" scripts/gpu_report.py "${BENCHES[@]}" --samples "$OUT/gpu-samples.csv" --tests "$OUT/tests.txt" --out "$OUT"

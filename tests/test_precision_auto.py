@@ -26,7 +26,7 @@ def probe(monkeypatch):
         monkeypatch.setattr(hardware, "gpu_capabilities", lambda: tuple(gpus))
         monkeypatch.setattr(hardware, "cpu_flags", lambda: tuple(flags))
         monkeypatch.setattr(hardware, "keras_backend", lambda: backend)
-        monkeypatch.setenv("TPU_NAME", "v5e") if tpu else monkeypatch.delenv("TPU_NAME", raising=False)
+        monkeypatch.setattr(hardware, "has_tpu", lambda: tpu)
         return resolve_precision("auto")
 
     yield found
@@ -59,14 +59,21 @@ def test_the_probe_reads_cpu_flags_and_nvidia_smi(tmp_path, monkeypatch):
     smi.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=compute_cap" ] && printf "9.0\\n8.6\\n"\n')
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
-    hardware.gpu_capabilities.cache_clear()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hardware._listed_capabilities.cache_clear()
     try:
         assert hardware.gpu_capabilities() == ((9, 0), (8, 6))
+        for visible, expected in (("1", ((8, 6),)), ("0,1", ((9, 0), (8, 6))), ("", ()), ("-1", ()), ("7", ())):
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)  # a job uses only the GPUs it is shown
+            assert hardware.gpu_capabilities() == expected, visible
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         smi.write_text("#!/bin/sh\nexit 9\n")  # a driver that fails: no GPU, not an error
-        hardware.gpu_capabilities.cache_clear()
+        hardware._listed_capabilities.cache_clear()
         assert hardware.gpu_capabilities() == ()
     finally:
-        hardware.gpu_capabilities.cache_clear()
+        hardware._listed_capabilities.cache_clear()
+    monkeypatch.setenv("TPU_NAME", "v5e")
+    assert hardware.has_tpu()
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     assert hardware.keras_backend() == "torch"
     monkeypatch.delenv("KERAS_BACKEND")

@@ -47,9 +47,8 @@ VGG16_ARRAYS = _vgg16_arrays()
 def weights_identity(weights: str, remember_in: Path | None = None) -> str:
     """A string that changes whenever the weights do: ``imagenet``, ``none``, or ``sha256:<digest>`` of a file.
 
-    A file's digest is computed once per process while its size and modification time stay the same, and
-    with ``remember_in`` (a folder: the feature cache's) once for every process, noted there in
-    :data:`DIGESTS_FILE`.
+    A file's digest is computed once per process while its size, times and inode stay the same, and with
+    ``remember_in`` (a folder: the feature cache's) once for every process, noted there in :data:`DIGESTS_FILE`.
 
     Raises:
         TlkitError: If ``weights`` names a file that does not exist.
@@ -59,19 +58,21 @@ def weights_identity(weights: str, remember_in: Path | None = None) -> str:
         return kind
     path = weights_path(weights).resolve()
     info = os.stat(path)
-    return _file_identity(str(path), info.st_size, info.st_mtime_ns, remember_in)
+    stamp = f"{info.st_size}|{info.st_mtime_ns}|{info.st_ino}|{info.st_ctime_ns}"
+    return _file_identity(str(path), stamp, None if remember_in is None else Path(remember_in).expanduser())
 
 
-#: The digests of weights files in a feature cache, by path, size and modification time.
+#: The digests of weights files in a feature cache, by path, size, times and inode (a copy made with its
+#: times kept is another inode: hashed again).
 DIGESTS_FILE = "weights-digests.json"
 
 
 @lru_cache(maxsize=8)
-def _file_identity(path: str, size: int, mtime_ns: int, remember_in: Path | None) -> str:
+def _file_identity(path: str, stamp: str, remember_in: Path | None) -> str:
     from tlkit.io import digest, write_json
 
     noted = {}
-    key = f"{path}|{size}|{mtime_ns}"
+    key = f"{path}|{stamp}"
     if remember_in is not None:
         try:
             noted = json.loads((remember_in / DIGESTS_FILE).read_text())
@@ -83,7 +84,7 @@ def _file_identity(path: str, size: int, mtime_ns: int, remember_in: Path | None
         try:
             remember_in.mkdir(parents=True, exist_ok=True)
             write_json(remember_in / DIGESTS_FILE, {**noted, key: identity})
-        except OSError:  # a read-only cache still works, hashing each time
+        except (OSError, TlkitError):  # a read-only or full cache still works, hashing each time
             pass
     return identity
 

@@ -6,8 +6,8 @@ weights' identity, the feature layer and the compute precision. The same manifes
 folder (reused, and said so); any change finds a new one (recomputed). One row
 per file of the whole dataset, so changing the split or its seed reuses the cache.
 
-Finding that every cache is current needs only the manifests and file stats: no ML framework is imported
-then, and ``tlkit extract`` on unchanged data answers at once. Building a cache is
+Finding that every cache is current needs only the manifests, file stats and the caches' checksums: no ML
+framework is imported then, and ``tlkit extract`` on unchanged data answers at once. Building a cache is
 :mod:`tlkit.extraction`'s job, imported when one is missing.
 
 Augmented copies (``--augmented-copies K``, offline augmentation): copy ``k`` holds the features of every

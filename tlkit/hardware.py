@@ -4,8 +4,9 @@
 ``auto`` means ``mixed_bfloat16`` where the device a job runs on computes bfloat16 natively, and
 ``float32`` elsewhere:
 
-- an NVIDIA GPU of compute capability 8.0 or later (Ampere, Hopper...), as ``nvidia-smi`` reports it;
-- a TPU (``/dev/accel*`` or ``TPU_NAME``);
+- an NVIDIA GPU of compute capability 8.0 or later (Ampere, Hopper...), as ``nvidia-smi`` reports it (the
+  weakest of those ``CUDA_VISIBLE_DEVICES`` leaves decides);
+- a TPU (``/dev/accel0``... or ``TPU_NAME``);
 - else the CPU, when its flags include ``amx_bf16`` or ``avx512_bf16`` and the Keras backend computes
   bfloat16 natively on a CPU (TensorFlow and PyTorch through oneDNN; JAX's XLA CPU compiler does not:
   there bfloat16 is emulated, and slower than float32).
@@ -62,7 +63,7 @@ def _auto(backend: str) -> Precision:
         gpu = f"NVIDIA GPU of compute capability {lowest[0]}.{lowest[1]}"
         return Precision("mixed_bfloat16" if native else "float32",
                          f"auto: {gpu}{'' if native else ', no native bfloat16'}")
-    if os.environ.get("TPU_NAME") or list(Path("/dev").glob("accel*")):
+    if has_tpu():
         return Precision("mixed_bfloat16", "auto: TPU")
     flags = sorted(set(cpu_flags()) & set(BF16_CPU_FLAGS))
     if not flags:
@@ -85,8 +86,29 @@ def keras_backend() -> str:
         return "tensorflow"
 
 
-@lru_cache(maxsize=1)
+def has_tpu() -> bool:
+    """A Cloud TPU VM: ``TPU_NAME`` set, or the TPU driver's ``/dev/accel0``... (not ``/dev/accel/``, the folder
+    of other vendors' NPUs)."""
+    return bool(os.environ.get("TPU_NAME")) or any(path.is_char_device() for path in Path("/dev").glob("accel[0-9]*"))
+
+
 def gpu_capabilities() -> tuple[tuple[int, int], ...]:
+    """The compute capability of every NVIDIA GPU a job here may use: those ``nvidia-smi`` lists, narrowed to
+    ``CUDA_VISIBLE_DEVICES`` when it is set (empty or ``-1``: none)."""
+    listed = _listed_capabilities()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return listed
+    chosen = [part.strip() for part in visible.split(",") if part.strip()]
+    if not chosen or chosen[0] == "-1":
+        return ()
+    if all(part.isdigit() for part in chosen):
+        return tuple(listed[int(part)] for part in chosen if int(part) < len(listed))
+    return listed  # GPUs named by UUID: all of them stand for the choice
+
+
+@lru_cache(maxsize=1)
+def _listed_capabilities() -> tuple[tuple[int, int], ...]:
     """The compute capability of every NVIDIA GPU ``nvidia-smi`` lists (none without the tool or a GPU)."""
     tool = shutil.which("nvidia-smi")
     if tool is None:
