@@ -27,6 +27,10 @@ fraction of this machine's memory bandwidth (a plain numpy copy, measured in the
   thread; images/s per core of each.
 - ``transfer``: one batch moved to the device as uint8 (what tlkit sends) and as float32 (4x the bytes).
 
+The ``audit`` stage (tlkit only, no images) times ``tlkit audit``'s similarity searches over
+``--audit-vectors`` synthetic 512-d feature vectors: the near-duplicate pairs (upper triangle, blocked) and
+the similarity to each class (outliers), with the peak memory numpy allocated, against a full n x n matrix's.
+
 The ``predict`` stage (tlkit only) runs ``tlkit predict`` in a fresh process over each of
 ``--predict-images`` JPEGs and reports its images/s and peak resident memory: streaming in
 batches, memory must not grow with the count.
@@ -58,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -407,7 +412,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the dataset and caches here (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--stages", default="feed,decode,transfer,extract,frozen,finetune",
-                        help="comma-separated subset (also: predict)")
+                        help="comma-separated subset (also: predict, audit)")
     parser.add_argument("--host-images", type=int, default=4000, help="images of the feed and decode stages")
     parser.add_argument("--workers", type=int, default=tlkit.RuntimeConfig().workers, help="tlkit's decoding threads")
     parser.add_argument("--feed-threads", type=int, default=4,
@@ -415,6 +420,8 @@ def main() -> None:
     parser.add_argument("--classic-from", type=Path,
                         help="take the classic side's figures from this earlier --json output instead of running it "
                              "again (e.g. a second precision)")
+    parser.add_argument("--audit-vectors", default="6899,50000",
+                        help="audit stage: feature-vector counts of the similarity searches")
     parser.add_argument("--repeat", type=int, default=2, help="extraction runs per side (the best counts)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="tlkit's compute precision (the classic recipe is float32)")
@@ -443,6 +450,7 @@ def main() -> None:
         "tlkit_precision": args.precision, "tlkit_devices": resolve(args.distribute).describe(),
         "host": host, "results": results, "predict": predictions, "spans": spans,
         "classic_from": str(args.classic_from) if args.classic_from else None,
+        "audit": audit_stage([int(n) for n in args.audit_vectors.split(",")]) if "audit" in stages else [],
     }
 
     def save() -> None:  # after every stage: a run cut short (a timeout) keeps what it measured
@@ -520,6 +528,37 @@ def host_stages(work: Path, args: argparse.Namespace, stages: list[str]) -> list
         for row in transfer_stage(args.image_size, args.batch_size, bandwidth):
             rows.append(row)
             _print_host(row)
+    return rows
+
+
+def audit_stage(sizes: list[int], dims: int = 512, classes: int = 8, seed: int = 0) -> list[dict]:
+    """``tlkit audit``'s similarity searches over ``n`` synthetic feature vectors (non-negative, as VGG16's
+    pooled ReLU features are, 1% of them planted near copies), timed, with the peak memory numpy allocated."""
+    from tlkit.auditing.findings import AuditSettings
+    from tlkit.auditing.similarity import BLOCK_BYTES, centroid_similarity, near_pairs, unit_rows
+
+    settings, rows = AuditSettings(), []
+    for n in sizes:
+        rng = np.random.default_rng(seed)
+        x = np.abs(rng.normal(size=(n, dims))).astype(np.float32) ** 2
+        copies = rng.choice(n, 2 * (n // 100), replace=False).reshape(2, -1)
+        x[copies[1]] = x[copies[0]] * rng.uniform(0.9, 1.1, (copies.shape[1], dims)).astype(np.float32)
+        x = unit_rows(x)
+        labels = rng.integers(0, classes, n)
+        for name, search, arguments in (("near_pairs", near_pairs, (x, settings.near_duplicate)),
+                                        ("centroid_similarity", centroid_similarity, (x, labels, classes))):
+            tracemalloc.start()
+            start = time.perf_counter()
+            found = search(*arguments)
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            note = f"{len(found[0])} pairs, {copies.shape[1]} planted" if name == "near_pairs" else f"{classes} classes"
+            rows.append({"stage": f"audit_{name}", "vectors": n, "dims": dims, "seconds": round(seconds, 3),
+                         "peak_mb": round(peak / 2**20, 1), "block_mb": BLOCK_BYTES // 2**20,
+                         "full_matrix_mb": round(4 * n * n / 2**20, 1), "note": note})
+            print(f"  {name:<16} n={n:>6}  {seconds:7.2f} s  peak {peak / 2**20:7.1f} MB (a full n x n matrix: "
+                  f"{4 * n * n / 2**20:,.0f} MB)  {note}", flush=True)
     return rows
 
 

@@ -13,6 +13,7 @@ The library API; the ``tlkit`` command line only calls these::
     tlkit.tune("photos/", config, trials=20)         # -> TuneResult: KerasTuner search of the head, best.toml
     tlkit.train("labels.csv", config)                # labels from a CSV (several per image: multi-label)
     tlkit.export(result.run_dir, "onnx", "model.onnx")  # also savedmodel, tflite: pixels in, probabilities out
+    tlkit.audit("photos/")                           # -> AuditResult: duplicates, leaks, label errors, outliers
 
 Names are imported on first use (PEP 562): ``import tlkit`` imports no ML framework, and neither do
 the config classes; training, prediction and the rest import Keras when first called for.
@@ -48,6 +49,7 @@ _HOMES = {
     "Explanation": "tlkit.inference.explain", "explain": "tlkit.inference.explain",
     "write_report": "tlkit.report",
     "export": "tlkit.deploy",
+    "AuditResult": "tlkit.auditing.findings", "audit": "tlkit.auditing.auditor",
 }
 
 __all__ = [*sorted(_HOMES), "__version__"]
@@ -66,6 +68,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names come from __getattr__
+    from tlkit.auditing.auditor import audit  # noqa: F401
+    from tlkit.auditing.findings import AuditResult  # noqa: F401
     from tlkit.config import (AugmentConfig, Config, DataConfig, FitConfig, ModelConfig, RuntimeConfig,  # noqa: F401
                               load_config)
     from tlkit.data.decode import decode_image  # noqa: F401

@@ -67,6 +67,19 @@ class FeatureSet:
         """``(features, labels, files)`` of one split, undecodable files left out."""
         return self._rows(self.path, name)
 
+    def pooled(self, name: str, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+        """As :meth:`split`, each feature map averaged over its positions into one float32 vector, read a chunk
+        of rows at a time (memory holds the vectors, never the maps)."""
+        table = np.load(self.path / FEATURES_FILE, mmap_mode="r", allow_pickle=False)
+        pairs = self._pairs(self.path, name)
+        rows = np.array([row for row, _, _ in pairs], dtype=np.int64)
+        axes = tuple(range(1, table.ndim - 1))
+        vectors = np.zeros((len(rows), table.shape[-1]), np.float32)
+        for start in range(0, len(rows), chunk):
+            maps = np.asarray(table[rows[start:start + chunk]], dtype=np.float32)
+            vectors[start:start + chunk] = maps.mean(axis=axes) if axes else maps
+        return vectors, np.array([l for _, l, _ in pairs], np.int32), [p for _, _, p in pairs]
+
     def augmented(self, name: str) -> np.ndarray:
         """The features of every augmented copy of one split's images, ``(copies, images, ...)``: row ``i`` of
         each copy is the image of row ``i`` of :meth:`split` (``(0, images, ...)`` without copies, read from

@@ -16,6 +16,7 @@ from tlkit.cli.checks import early_checks, legacy_run_argument
 from tlkit.cli.parsing import (TlkitGroup, build_config, config_file_option, config_options, debug_option,
                                given_options, labels_option, progress_to_stderr, quiet_option, run_option, start,
                                tta_option)
+from tlkit.cli.audit_command import audit
 from tlkit.cli.tune_command import tune
 from tlkit.intervals import interval_text
 
@@ -232,7 +233,8 @@ def cv(data: str, folds: int, repeats: int, config_file: str | None, as_json: bo
         click.echo(f"skipped: {len(result.skipped)} file(s) (see the warnings)")
 
 
-main.add_command(tune)  # tlkit tune: declared in tlkit.cli.tune_command (this module is at its length limit)
+main.add_command(tune)  # tlkit tune and tlkit audit: declared in their own modules (this one is at its length limit)
+main.add_command(audit)
 
 
 @main.command()

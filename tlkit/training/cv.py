@@ -259,20 +259,46 @@ class _FoldHead:
         return self.model
 
 
-def _fit_fold(head: _FoldHead, trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
-              class_names: tuple[str, ...], config: Config, seed: int) -> dict:
-    """Train the head afresh (seeded by ``seed``) on one fold's training images ``(features, labels)`` for
-    ``config.fit.epochs`` epochs, then score the held-out fold as ``tlkit evaluate`` scores."""
-    (x_train, y_train), (x_val, y_val) = trained_on, held_out
-    settings, classes = config.fit, len(class_names)
+def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, config: Config,
+                              folds: int = CV_FOLDS) -> np.ndarray:
+    """``(images, classes)``: each image's class probabilities from a head trained, as :func:`score_folds`
+    trains one, on the other ``folds - 1`` stratified folds (one that never saw it), for ``config.fit.epochs``
+    epochs. ``tlkit audit`` reads label errors from them."""
+    probabilities = np.zeros((len(labels), classes))
+    assignment = stratified_folds(labels, folds, config.data.seed)
+    with precision_policy(config.runtime.precision):
+        head = _FoldHead(x.shape[1:], classes, config)
+        for fold in range(folds):
+            scored = assignment == fold
+            model, _ = _train_fold(head, (x[~scored], labels[~scored]), None, config, (config.data.seed + fold) % 2**32)
+            probabilities[scored] = class_probabilities(model, x[scored], config.fit.batch_size)
+    return probabilities
+
+
+def _train_fold(head: _FoldHead, trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]
+                | None, config: Config, seed: int) -> tuple[keras.Model, dict]:
+    """The head trained afresh (seeded by ``seed``) on ``(features, labels)`` for ``config.fit.epochs`` epochs,
+    and its history (with the held-out images' loss and accuracy per epoch, when given: validating every epoch
+    costs; a ``plateau`` schedule without them never drops its rate)."""
+    (x_train, y_train), settings, classes = trained_on, config.fit, head.classes
     model = head.reset(seed)
     batches = Batches(x_train, targets(y_train, classes), settings.batch_size, shuffle=True, seed=seed,
                       weights=row_weights(y_train, classes, settings.class_weight))
     # shuffle=False: Batches draws each epoch's order from (seed, epoch), as train does
     rates = rate_callback(settings.lr_schedule, settings.learning_rate, settings.epochs, settings)
+    validation = None if held_out is None else (held_out[0], targets(held_out[1], classes))
     fitted = model.fit(batches, epochs=settings.epochs, shuffle=False, verbose=0, callbacks=[rates],
-                       validation_data=(x_val, targets(y_val, classes)))
-    report = classification_metrics(class_probabilities(model, x_val, settings.batch_size), y_val, class_names)
-    return {"train_images": len(y_train), "val_images": len(y_val), "val_accuracy": report["accuracy"],
+                       validation_data=validation)
+    return model, fitted.history
+
+
+def _fit_fold(head: _FoldHead, trained_on: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray],
+              class_names: tuple[str, ...], config: Config, seed: int) -> dict:
+    """Train the head afresh (seeded by ``seed``) on one fold's training images ``(features, labels)`` for
+    ``config.fit.epochs`` epochs, then score the held-out fold as ``tlkit evaluate`` scores."""
+    x_val, y_val = held_out
+    model, history = _train_fold(head, trained_on, held_out, config, seed)
+    report = classification_metrics(class_probabilities(model, x_val, config.fit.batch_size), y_val, class_names)
+    return {"train_images": len(trained_on[1]), "val_images": len(y_val), "val_accuracy": report["accuracy"],
             "val_loss": report["loss"],
-            "history": {name: [float(value) for value in values] for name, values in fitted.history.items()}}
+            "history": {name: [float(value) for value in values] for name, values in history.items()}}
