@@ -8,6 +8,7 @@ the dataset's balance table.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 #: Every kind of finding, in the order a summary lists them, with what it means.
@@ -120,6 +121,23 @@ class AuditResult:
     seconds: dict[str, float] = field(default_factory=dict)
     twins: list[list[str]] = field(default_factory=list)
     members: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def leak_notes(self) -> dict[str, str]:
+        """Per held-out split, one sentence on its images with a twin in train (what they may inflate)."""
+        notes = {}
+        for split, count in self.leaked.items():
+            total = self.images.get(split, 0)
+            if count and total:
+                notes[split] = (f"{count} of {total} {split} images ({100 * count / total:.1f}%) have an exact or near "
+                                f"twin in train: {split} accuracy may be inflated by up to {100 * count / total:.1f} "
+                                "points")
+            elif total:
+                notes[split] = f"no {split} image has an exact or near twin in train"
+        return notes
+
+    def relative(self, path: str) -> str:
+        """A finding's path relative to the dataset folder."""
+        return os.path.relpath(path, self.data)
 
     def of_kind(self, kind: str) -> list[Finding]:
         """The findings of one kind, worst first."""

@@ -62,7 +62,7 @@ def write_page(result: AuditResult, out: str | Path) -> Path:
 
 def render(result: AuditResult) -> str:
     """The page's HTML."""
-    thumbs = _Thumbnails(Path(result.data), {f.paths[0] for f in result.of_kind("unreadable")})
+    thumbs = _Thumbnails(result, {f.paths[0] for f in result.of_kind("unreadable")})
     counts = result.counts()
     cards = "".join(f'<div class="card"><div class="value">{counts[kind]}</div><div class="label">'
                     f'{escape(kind.replace("_", " "))}</div></div>' for kind in KINDS)
@@ -87,16 +87,8 @@ def render(result: AuditResult) -> str:
 
 
 def _leaks(result: AuditResult) -> str:
-    lines = []
-    for split, count in result.leaked.items():
-        total = result.images.get(split, 0)
-        if count and total:
-            lines.append(f'<p class="flag">{count} of {total} {split} images ({100 * count / total:.1f}%) have an exact '
-                         f"or near twin in train: {split} accuracy may be inflated by up to {100 * count / total:.1f} "
-                         "points.</p>")
-        elif total:
-            lines.append(f'<p class="note">No {split} image has an exact or near twin in train.</p>')
-    return "".join(lines)
+    return "".join(f'<p class="{"flag" if result.leaked[split] else "note"}">{escape(note[0].upper() + note[1:])}.</p>'
+                   for split, note in result.leak_notes().items())
 
 
 def _balance(result: AuditResult) -> str:
@@ -114,13 +106,13 @@ def _balance(result: AuditResult) -> str:
 class _Thumbnails:
     """Draws findings, each image's thumbnail encoded once."""
 
-    def __init__(self, root: Path, unreadable: set[str]) -> None:
-        self.root, self.cache, self.unreadable = root, {}, unreadable
+    def __init__(self, result: AuditResult, unreadable: set[str]) -> None:
+        self.result, self.cache, self.unreadable = result, {}, unreadable
 
     def figure(self, path: str, caption: str) -> str:
         if path not in self.cache:
             self.cache[path] = "" if path in self.unreadable else _thumbnail(path)
-        name = Path(path).relative_to(self.root).as_posix() if Path(path).is_relative_to(self.root) else path
+        name = self.result.relative(path)
         picture = (f'<img src="{self.cache[path]}" alt="{escape(name)}">' if self.cache[path]
                    else '<div class="note">(unreadable)</div>')
         return f"<figure>{picture}<figcaption>{escape(caption)}<br>{escape(name)}</figcaption></figure>"

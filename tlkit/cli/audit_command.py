@@ -7,7 +7,6 @@ It checks the data, the config and the files it will write before any framework 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import click
 
@@ -82,7 +81,6 @@ def audit(*, data: str, as_json: bool, html: str | None, fix_split: str | None, 
 
 def summary(result: AuditResult) -> list[str]:
     """The console summary: counts per kind with the worst few named, leaks, balance."""
-    root = Path(result.data)
     images = ", ".join(f"{count} {split}" for split, count in result.images.items())
     lines = [f"{result.data}: {sum(result.images.values())} images ({images}), {len(result.class_names)} classes"]
     for kind, count in result.counts().items():
@@ -93,14 +91,10 @@ def summary(result: AuditResult) -> list[str]:
                      f"{sum(f.evidence['conflict'] for f in found)} with different labels)")
         lines.append(f"{kind.replace('_', ' ')}: {count}{flags}")
         for finding in found[:result.settings.worst]:
-            names = ", ".join(_relative(path, root) for path in finding.paths[:4])
+            names = ", ".join(result.relative(path) for path in finding.paths[:4])
             more = f" +{len(finding.paths) - 4}" if len(finding.paths) > 4 else ""
             lines.append(f"  {names}{more}: {finding.suggestion}")
-    for split, count in result.leaked.items():
-        total = result.images.get(split, 0)
-        if count and total:
-            lines.append(f"leak: {count} of {total} {split} images ({100 * count / total:.1f}%) have a twin in train: "
-                         f"{split} accuracy may be inflated by up to {100 * count / total:.1f} points")
+    lines += [f"leak: {note}" for split, note in result.leak_notes().items() if result.leaked[split]]
     advice = "train with --class-weight auto" if result.advise_class_weight else "balanced"
     smallest = min(result.balance, key=lambda name: sum(result.balance[name].values()))
     largest = max(result.balance, key=lambda name: sum(result.balance[name].values()))
@@ -108,7 +102,3 @@ def summary(result: AuditResult) -> list[str]:
     lines.append(f"time: {sum(result.seconds.values()):.1f} s ("
                  + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result.seconds.items()) + ")")
     return lines
-
-
-def _relative(path: str, root: Path) -> str:
-    return Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else path
