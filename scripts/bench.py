@@ -28,8 +28,9 @@ fraction of this machine's memory bandwidth (a plain numpy copy, measured in the
 - ``transfer``: one batch moved to the device as uint8 (what tlkit sends) and as float32 (4x the bytes).
 
 The ``audit`` stage (tlkit only, no images) times ``tlkit audit``'s similarity searches over
-``--audit-vectors`` synthetic 512-d feature vectors: the near-duplicate pairs (upper triangle, blocked) and
-the similarity to each class (outliers), with the peak memory numpy allocated, against a full n x n matrix's.
+``--audit-vectors`` synthetic 512-d feature vectors: the near-duplicate pairs (upper triangle, blocked), the
+five searches of as many 16x16 thumbnails (as they are, mirrored, three crops: every column) and the
+similarity to each class (outliers), with the peak memory numpy allocated, against a full n x n matrix's.
 
 The ``predict`` stage (tlkit only) runs ``tlkit predict`` in a fresh process over each of
 ``--predict-images`` JPEGs and reports its images/s and peak resident memory: streaming in
@@ -534,6 +535,7 @@ def host_stages(work: Path, args: argparse.Namespace, stages: list[str]) -> list
 def audit_stage(sizes: list[int], dims: int = 512, classes: int = 8, seed: int = 0) -> list[dict]:
     """``tlkit audit``'s similarity searches over ``n`` synthetic feature vectors (non-negative, as VGG16's
     pooled ReLU features are, 1% of them planted near copies), timed, with the peak memory numpy allocated."""
+    from tlkit.auditing.files import THUMB, ZOOMS
     from tlkit.auditing.findings import AuditSettings
     from tlkit.auditing.similarity import BLOCK_BYTES, centroid_similarity, near_pairs, unit_rows
 
@@ -545,7 +547,11 @@ def audit_stage(sizes: list[int], dims: int = 512, classes: int = 8, seed: int =
         x[copies[1]] = x[copies[0]] * rng.uniform(0.9, 1.1, (copies.shape[1], dims)).astype(np.float32)
         x = unit_rows(x)
         labels = rng.integers(0, classes, n)
+        thumbs = unit_rows(rng.normal(size=(n, THUMB * THUMB)).astype(np.float32))
+        transformed = [thumbs[:, rng.permutation(THUMB * THUMB)] for _ in (None, *ZOOMS)]  # mirrored, each crop
         for name, search, arguments in (("near_pairs", near_pairs, (x, settings.near_duplicate)),
+                                        ("thumbnail_pairs", _thumbnail_pairs, (thumbs, transformed,
+                                                                               settings.near_pixels)),
                                         ("centroid_similarity", centroid_similarity, (x, labels, classes))):
             tracemalloc.start()
             start = time.perf_counter()
@@ -553,13 +559,23 @@ def audit_stage(sizes: list[int], dims: int = 512, classes: int = 8, seed: int =
             seconds = time.perf_counter() - start
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-            note = f"{len(found[0])} pairs, {copies.shape[1]} planted" if name == "near_pairs" else f"{classes} classes"
+            note = {"near_pairs": f"{len(found[0])} pairs, {copies.shape[1]} planted",
+                    "thumbnail_pairs": f"{THUMB}x{THUMB} thumbnails, {1 + len(transformed)} searches"}.get(
+                        name, f"{classes} classes")
             rows.append({"stage": f"audit_{name}", "vectors": n, "dims": dims, "seconds": round(seconds, 3),
                          "peak_mb": round(peak / 2**20, 1), "block_mb": BLOCK_BYTES // 2**20,
                          "full_matrix_mb": round(4 * n * n / 2**20, 1), "note": note})
             print(f"  {name:<16} n={n:>6}  {seconds:7.2f} s  peak {peak / 2**20:7.1f} MB (a full n x n matrix: "
                   f"{4 * n * n / 2**20:,.0f} MB)  {note}", flush=True)
     return rows
+
+
+def _thumbnail_pairs(thumbs: np.ndarray, transformed: list[np.ndarray], threshold: float) -> tuple:
+    """The audit's thumbnail searches: as they are (the upper triangle), then against each transformed copy."""
+    from tlkit.auditing.similarity import near_pairs
+
+    found = [near_pairs(thumbs, threshold)] + [near_pairs(thumbs, threshold, other) for other in transformed]
+    return tuple(np.concatenate(part) for part in zip(*found))
 
 
 def _print_host(row: dict) -> None:

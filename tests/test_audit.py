@@ -5,6 +5,7 @@ leak counted, the fixed split written, the JSON printed and the page rendered by
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import tlkit
 from tlkit.auditing.auditor import audit
 from tlkit.auditing.findings import KINDS, AuditSettings
 from tlkit.auditing.fix import write_fixed_split
-from tlkit.auditing.page import write_page
+from tlkit.auditing.page import render, write_page
 from tlkit.cli import main
 
 from conftest import NATURAL_IMAGES, REAL_WEIGHTS, require_shared
@@ -180,6 +181,25 @@ def test_cli_prints_the_summary_or_the_json_and_refuses_bad_paths(tmp_path, plan
                          ([*args, "--html", str(tmp_path / "no" / "a.html")], "folder not found for")):
         failed = CliRunner().invoke(main, bad)
         assert failed.exit_code == 1 and message in failed.output and len(failed.output.strip().splitlines()) == 1
+
+
+def test_too_few_images_for_the_folds_leave_the_labels_unchecked_and_the_rest_audited(planted):
+    data, _, result = planted
+    args = ["audit", str(data), "--image-size", "64", "--weights", str(REAL_WEIGHTS), "--epochs", "20", "--batch-size",
+            "16", "--cache-dir", str(data.parent / "cache"), "--folds", "50", "-q"]
+    summary = CliRunner().invoke(main, args)
+    assert summary.exit_code == 0, summary.output
+    assert "label: not checked: fewer readable images than 50 folds in airplane (" in summary.stdout
+    assert "exact duplicate: 3 (1 across splits, 1 with different labels)" in summary.stdout  # the rest still audited
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    assert report["unchecked"]["label"].startswith("not checked") and report["counts"]["label"] == 0
+    assert report["counts"]["exact_duplicate"] == result.counts()["exact_duplicate"]
+    assert result.unchecked == {}  # enough images for 5 folds: checked
+    unchecked = dataclasses.replace(result, unchecked={"label": report["unchecked"]["label"]},
+                                    findings=[f for f in result.findings if f.kind != "label"])
+    page = render(unchecked)
+    assert "Not checked: fewer readable images than 50 folds" in page
+    assert '<div class="value">-</div><div class="label">label</div>' in page  # not a zero
 
 
 PROBE = """<script>

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tlkit.auditing import similarity
-from tlkit.auditing.files import FileFacts, image_problems
+from tlkit.auditing.files import ZOOMS, FileFacts, image_problems, read_facts
 from tlkit.auditing.findings import AuditSettings
 from tlkit.auditing.labels import confident_joint, find_label_issues
 from tlkit.auditing.similarity import centroid_similarity, groups, near_pairs, unit_rows
@@ -105,7 +106,7 @@ def test_image_problems_name_small_wide_uniform_and_grayscale_images():
     spread[3] = 1.0  # uniform
     colour[4] = 0.2  # grayscale
     thumbs = np.zeros((n, 256), np.float32)
-    facts = FileFacts(width, height, [str(i) for i in range(n)], [""] * n, spread, colour, thumbs, thumbs)
+    facts = FileFacts(width, height, [str(i) for i in range(n)], [""] * n, spread, colour, thumbs, thumbs, (thumbs,))
     paths = [f"img{i}.jpg" for i in range(n)]
     found = {(f.kind, f.paths[0]) for f in image_problems(facts, paths, AuditSettings())}
     assert found == {("small", "img1.jpg"), ("aspect_ratio", "img2.jpg"), ("uniform", "img3.jpg"),
@@ -126,6 +127,38 @@ def test_near_pairs_against_a_transformed_copy_match_brute_force(monkeypatch):
     want = {(a, b) for a, b in zip(*np.nonzero(brute >= 0.3)) if a < b}
     assert set(zip(i.tolist(), j.tolist())) == want and (7, 50) in want
     assert np.allclose(s, brute[i, j], atol=1e-5)
+
+
+def test_near_pairs_against_a_cropped_copy_take_either_direction(monkeypatch):
+    monkeypatch.setattr(similarity, "BLOCK_BYTES", 4 * 90 * 8)  # blocks of 8 rows
+    rng = np.random.default_rng(4)
+    x = unit_rows(rng.normal(size=(90, 12)).astype(np.float32))
+    crop = unit_rows(x @ rng.normal(size=(12, 12)).astype(np.float32))  # not symmetric: x[i] @ crop[j] != x[j] @ crop[i]
+    x[60], x[5] = crop[20], crop[70]  # 60 looks like 20 cropped, 5 like 70 cropped: pairs (20, 60) and (5, 70)
+    i, j, s = near_pairs(x, 0.4, crop)
+    brute = np.maximum(x @ crop.T, (x @ crop.T).T)
+    want = {(a, b) for a, b in zip(*np.nonzero(brute >= 0.4)) if a < b}
+    assert list(zip(i.tolist(), j.tolist())) == sorted(want) and {(20, 60), (5, 70)} <= want
+    assert np.allclose(s, brute[i, j], atol=1e-5)
+
+
+def test_a_centred_crop_scaled_back_correlates_with_the_zoomed_thumbnail_of_its_source(tmp_path):
+    rng = np.random.default_rng(5)
+    scene = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.BICUBIC)
+    other = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.BICUBIC)
+    cropped = scene.crop((8, 8, 112, 112)).resize((120, 120), Image.BICUBIC)  # an 87% crop, scaled back
+    paths = []
+    for name, image in (("scene", scene), ("cropped", cropped), ("other", other)):
+        paths.append(tmp_path / f"{name}.png")
+        image.save(paths[-1])
+    decoded = np.stack([np.asarray(Image.open(path).convert("RGB").resize((224, 224))) for path in paths])
+    facts = read_facts(paths, [decoded])
+    assert len(facts.zoomed) == len(ZOOMS)
+    whole = facts.thumbnail[0] @ facts.thumbnail[1]
+    zoomed = max(crop[0] @ facts.thumbnail[1] for crop in facts.zoomed)
+    assert zoomed >= 0.95 > whole  # only the crop's thumbnail finds it
+    assert max(crop[0] @ facts.thumbnail[2] for crop in facts.zoomed) < 0.5  # another picture does not match
+    assert facts.mirrored[0] @ facts.thumbnail[0] < 0.95
 
 
 def test_a_chain_of_near_pairs_leaks_and_is_kept_on_one_side_whole():

@@ -37,6 +37,8 @@ EVIDENCE_NEIGHBOURS = 3
 #: Bumped when the cached out-of-fold probabilities change meaning.
 OOF_VERSION = 1
 OOF_FILE = "probabilities.npy"
+#: What made two images near duplicates, by signal number in :func:`_near_duplicates`.
+SIGNALS = ("VGG16 features nearly equal", "thumbnails correlated", "thumbnails correlated once one is cropped")
 #: A MAD of zero (identical similarities) is taken as this, so that a robust z-score stays finite.
 MIN_SPREAD = 1e-3
 
@@ -69,8 +71,11 @@ def audit(data: str | Path, config: Config | None = None, settings: AuditSetting
         settings: The audit's thresholds; :class:`AuditSettings`'s defaults if omitted.
         verbose: 0 silent, 1 progress bars while extracting.
 
+    A class with fewer readable images than ``settings.folds`` leaves the labels unchecked (a warning, and
+    ``unchecked["label"]`` says why); everything else is still audited.
+
     Raises:
-        TlkitError: On bad data or options, multi-label data, or a class with fewer readable images than folds.
+        TlkitError: On bad data or options, or multi-label data.
     """
     config, settings = (config or Config()).replace(fit={"augmented_copies": 0}), settings or AuditSettings()
     seconds: dict[str, float] = {}
@@ -102,11 +107,6 @@ def audit(data: str | Path, config: Config | None = None, settings: AuditSetting
     rows = Audited(vectors, unit_rows(vectors), np.concatenate([part[1] for part in parts]),
                    [s for part in parts for s in part[2]], [p for part in parts for p in part[3]], index.class_names)
     lap("features")
-    too_few = [name for name, count in zip(rows.class_names, np.bincount(rows.labels, minlength=len(rows.class_names)))
-               if count < settings.folds]
-    if too_few:
-        raise TlkitError(f"too few readable images for {settings.folds} folds in class(es) {', '.join(too_few)}: "
-                         "give --folds a smaller number, or add images")
     facts = read_facts([Path(p) for p in rows.paths], itertools.chain.from_iterable(chunks(d) for d in decoded))
     exact = exact_groups(facts)
     findings = [_duplicate("exact_duplicate", group, rows, 1.0, facts) for group in exact]
@@ -125,7 +125,16 @@ def audit(data: str | Path, config: Config | None = None, settings: AuditSetting
     lap("near_duplicates")
     findings += _outliers(rows, settings)
     lap("outliers")
-    findings += _label_errors(rows, config, settings, features.path)
+    unchecked = {}
+    too_few = [f"{name} ({count})" for name, count in
+               zip(rows.class_names, np.bincount(rows.labels, minlength=len(rows.class_names)))
+               if count < settings.folds]
+    if too_few:
+        unchecked["label"] = (f"not checked: fewer readable images than {settings.folds} folds in "
+                              f"{', '.join(too_few)}; give --folds a smaller number (at least 2), or add images")
+        log.warning("labels %s", unchecked["label"])
+    else:
+        findings += _label_errors(rows, config, settings, features.path)
     lap("labels")
     balance = {name: {split: int(((rows.labels == c) & (np.array(rows.splits) == split)).sum())
                       for split in dict.fromkeys(rows.splits)} for c, name in enumerate(rows.class_names)}
@@ -139,26 +148,28 @@ def audit(data: str | Path, config: Config | None = None, settings: AuditSetting
         leaked=_leaked(rows, twins), settings=settings, features=str(features.path), seconds=seconds,
         twins=[[rows.paths[row] for row in group] for group in twins],
         members=[(os.path.abspath(path), index.label_text(label), split) for split in SPLIT_NAMES if index.files.get(split)
-                 for path, label in zip(index.files[split], index.labels[split])])
+                 for path, label in zip(index.files[split], index.labels[split])], unchecked=unchecked)
 
 
 def _near_duplicates(rows: Audited, facts: FileFacts, settings: AuditSettings,
                      twin: np.ndarray) -> tuple[list[Finding], np.ndarray, np.ndarray]:
-    """Groups of images whose features are nearly the same, or whose thumbnails correlate (as they are, or one
-    mirrored), each two of a group a pair; exact duplicates (``twin``: each row's first exact twin) left out.
-    With the groups, every near pair ``(i, j)``: a pair left out of a group (a chain) still leaks."""
+    """Groups of images whose features are nearly the same, or whose thumbnails correlate (as they are, one
+    mirrored, or one a centred crop of the other), each two of a group a pair; exact duplicates (``twin``: each
+    row's first exact twin) left out. With the groups, every near pair ``(i, j)``: a pair left out of a group (a
+    chain) still leaks."""
     found = [near_pairs(rows.x, settings.near_duplicate),
              near_pairs(facts.thumbnail, settings.near_pixels),
-             near_pairs(facts.thumbnail, settings.near_pixels, facts.mirrored)]
+             near_pairs(facts.thumbnail, settings.near_pixels, facts.mirrored),
+             *(near_pairs(facts.thumbnail, settings.near_pixels, crop) for crop in facts.zoomed)]
     i, j, score = (np.concatenate(part) for part in zip(*found))
-    signal = np.repeat([0, 1, 1], [len(part[0]) for part in found])  # 0: features, 1: pixels
+    signal = np.repeat([0, 1, 1, *[2] * len(facts.zoomed)], [len(part[0]) for part in found])
     distinct = twin[i] != twin[j]  # exact duplicates are reported as such
     i, j, score, signal = i[distinct], j[distinct], score[distinct], signal[distinct]
     findings = []
     for group in groups(i, j, score):
         inside = np.isin(i, group) & np.isin(j, group)
         by = sorted(set(signal[inside].tolist()))
-        how = " or ".join(("VGG16 features nearly equal", "thumbnails correlated")[b] for b in by)
+        how = " or ".join(SIGNALS[b] for b in by)
         findings.append(_duplicate("near_duplicate", group, rows, float(score[inside].max()), facts, how))
     return findings, i, j
 
@@ -207,11 +218,12 @@ def out_of_fold(rows: Audited, config: Config, folds: int, features: Path) -> np
     """The out-of-fold probabilities of ``rows`` (see :func:`tlkit.training.cv.out_of_fold_probabilities`), cached
     beside the features: keyed by them, the images and labels, the folds and the heads' settings, so that an
     audit run again (other thresholds, say) trains no head."""
+    root = os.path.commonpath(rows.paths)
     wanted = {"version": OOF_VERSION, "features": features.name, "folds": folds, "seed": config.data.seed,
               "fit": dataclasses.asdict(config.fit), "model": dataclasses.asdict(config.model),
               "precision": config.runtime.precision,
               "backend": keras_backend(),
-              "rows": hashlib.sha256(json.dumps([[os.path.relpath(path, os.path.commonpath(rows.paths)) for path in rows.paths],
+              "rows": hashlib.sha256(json.dumps([[os.path.relpath(path, root) for path in rows.paths],
                                                  rows.labels.tolist()]).encode()).hexdigest()}
     folder = cache_folder(config.runtime.cache_dir, "audit", wanted)
     if not is_built(folder):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 KINDS = {
     "exact_duplicate": "the same image twice: identical bytes, or identical pixels once decoded",
     "near_duplicate": "nearly the same image (a crop, re-encode, flip or small edit): VGG16 features almost equal, "
-                      "or small grayscale thumbnails (one mirrored, or neither) correlated",
+                      "or small grayscale thumbnails correlated (as they are, one mirrored, or one an 80-90% centred crop)",
     "label": "a label the rest of the data disagrees with: heads that never saw the image are sure it is another class",
     "outlier": "an image far, in feature space, from every class",
     "unreadable": "a file that could not be decoded as an image",
@@ -32,8 +32,9 @@ class AuditSettings:
     Attributes:
         near_duplicate: Cosine similarity of two images' pooled VGG16 features at or above which they are
             near duplicates (crops, edits).
-        near_pixels: Correlation of two images' 16x16 grayscale thumbnails (one mirrored, or neither) at or above
-            which they are near duplicates too (re-encodes, re-exposures, mirror images).
+        near_pixels: Correlation of two images' 16x16 grayscale thumbnails (as they are, one mirrored, or one of an
+            80-90% centred crop) at or above which they are near duplicates too (re-encodes, re-exposures, mirror
+            images, crops).
         outlier_score: Outliers: an image is one when its similarity to each class's mean direction is, for every
             class, this many robust standard deviations (1.4826 MAD) below that of the class's median image.
         label_floor: Label errors: the most probability of its given label an image flagged may have (its likeliest
@@ -107,6 +108,8 @@ class AuditResult:
         twins: Every image with an exact or near twin, grouped by the chains of pairs that join them (what
             :mod:`tlkit.auditing.fix` keeps on one side).
         members: ``(path, label, split)`` of every file of the dataset, unreadable ones included, in split order.
+        unchecked: Kinds the audit could not look for, each with why (``{"label": "..."}``): none found is not
+            none there.
     """
 
     data: str
@@ -121,6 +124,7 @@ class AuditResult:
     seconds: dict[str, float] = field(default_factory=dict)
     twins: list[list[str]] = field(default_factory=list)
     members: list[tuple[str, str, str]] = field(default_factory=list)
+    unchecked: dict[str, str] = field(default_factory=dict)
 
     def leak_notes(self) -> dict[str, str]:
         """Per held-out split, one sentence on its images with a twin in train (what they may inflate)."""
@@ -158,4 +162,4 @@ class AuditResult:
                 "counts": self.counts(), "balance": self.balance, "imbalance_ratio": self.imbalance_ratio,
                 "advise_class_weight": self.advise_class_weight, "leaked": self.leaked, "twins": self.twins,
                 "settings": dataclasses.asdict(self.settings), "features": self.features, "seconds": self.seconds,
-                "findings": [finding.to_dict() for finding in self.findings]}
+                "unchecked": self.unchecked, "findings": [finding.to_dict() for finding in self.findings]}

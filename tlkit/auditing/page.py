@@ -64,8 +64,8 @@ def render(result: AuditResult) -> str:
     """The page's HTML."""
     thumbs = _Thumbnails(result, {f.paths[0] for f in result.of_kind("unreadable")})
     counts = result.counts()
-    cards = "".join(f'<div class="card"><div class="value">{counts[kind]}</div><div class="label">'
-                    f'{escape(kind.replace("_", " "))}</div></div>' for kind in KINDS)
+    cards = "".join(f'<div class="card"><div class="value">{"-" if kind in result.unchecked else counts[kind]}</div>'
+                    f'<div class="label">{escape(kind.replace("_", " "))}</div></div>' for kind in KINDS)
     images = ", ".join(f"{count} {split}" for split, count in result.images.items())
     title = (f"<h1>Dataset audit</h1><p class=\"subtitle\"><code>{escape(result.data)}</code>: {images} images, "
              f"{len(result.class_names)} classes; tlkit {__version__}, {datetime.now():%Y-%m-%d %H:%M}</p>")
@@ -78,7 +78,10 @@ def render(result: AuditResult) -> str:
         kinds = (kinds,) if isinstance(kinds, str) else kinds
         found = [f for f in result.findings if f.kind in kinds]
         more = f'<p class="note">{len(found) - SHOWN} more in <code>--json</code>.</p>' if len(found) > SHOWN else ""
-        items = "".join(draw(finding) for finding in found[:SHOWN]) or '<p class="note">None found.</p>'
+        unchecked = [result.unchecked[kind] for kind in kinds if kind in result.unchecked]
+        items = "".join(draw(finding) for finding in found[:SHOWN]) or (
+            f'<p class="flag">{escape(unchecked[0][0].upper() + unchecked[0][1:])}.</p>' if unchecked
+            else '<p class="note">None found.</p>')
         ident = kinds[0] if len(kinds) == 1 else "files"
         body.append(f'<h2>{title} ({len(found)})</h2><p class="note">{escape(KINDS[kinds[0]]) if len(kinds) == 1 else ""}'
                     f'</p><section id="{ident}">{items}{more}</section>')

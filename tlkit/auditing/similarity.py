@@ -1,8 +1,9 @@
 """Cosine similarity over pooled features: near pairs a block of rows at a time, and similarity to each class.
 
 :func:`near_pairs` multiplies a block of unit rows by the rows after it: O(n^2 d) arithmetic for n images of d
-features (each pair once: the upper triangle), done by the BLAS in blocks of :func:`block_rows` rows, so memory
-stays at one ``(block, n)`` float32 matrix (:data:`BLOCK_BYTES`) however many images there are.
+features (each pair once: the upper triangle; twice against transformed rows, mirrored or cropped), done by the
+BLAS in blocks of :func:`block_rows` rows, so memory stays at one ``(block, n)`` float32 matrix
+(:data:`BLOCK_BYTES`) however many images there are.
 :func:`centroid_similarity` compares each image with each class's mean direction: O(n C d).
 """
 
@@ -29,23 +30,32 @@ def near_pairs(x: np.ndarray, threshold: float, other: np.ndarray | None = None)
                                                                                           np.ndarray]:
     """Every pair ``i < j`` of unit rows whose cosine similarity reaches ``threshold``: ``(i, j, similarity)``.
 
-    With ``other`` (each row transformed alike, e.g. mirrored, so that ``x[i] @ other[j] == x[j] @ other[i]``),
-    the similarity of ``x[i]`` and ``other[j]`` instead.
+    With ``other`` (each row transformed: mirrored, cropped...), the higher of the similarities of ``x[i]`` with
+    ``other[j]`` and of ``x[j]`` with ``other[i]``: every column, not the upper triangle only.
     """
-    n, other = len(x), x if other is None else other
+    n, whole = len(x), other is not None
     found_i, found_j, found_s = [], [], []
     step = block_rows(n)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        sims = x[start:stop] @ other[start:].T  # columns from `start` on: the upper triangle and the diagonal block
+        first = 0 if whole else start  # without `other`: the upper triangle and the diagonal block
+        sims = x[start:stop] @ (other if whole else x)[first:].T
         rows, cols = np.nonzero(sims >= threshold)
-        keep = cols > rows  # column c is image start + c, row r is image start + r
+        keep = (cols + first != rows + start) if whole else (cols > rows)
         found_i.append(rows[keep] + start)
-        found_j.append(cols[keep] + start)
+        found_j.append(cols[keep] + first)
         found_s.append(sims[rows[keep], cols[keep]])
     if not found_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    if whole:  # (i, j) and (j, i) are one pair: keep its higher similarity
+        i, j = np.minimum(i, j), np.maximum(i, j)
+        order = np.lexsort((-s, j, i))
+        i, j, s = i[order], j[order], s[order]
+        first_of_pair = np.ones(len(i), bool)
+        first_of_pair[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+        i, j, s = i[first_of_pair], j[first_of_pair], s[first_of_pair]
+    return i, j, s
 
 
 def centroid_similarity(x: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

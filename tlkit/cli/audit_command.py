@@ -31,8 +31,8 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(AuditSetti
 @click.option("--near-duplicate", type=click.FloatRange(0, 1), default=DEFAULTS["near_duplicate"], show_default=True,
               help="Cosine similarity of pooled VGG16 features from which two images are near duplicates.")
 @click.option("--near-pixels", type=click.FloatRange(0, 1), default=DEFAULTS["near_pixels"], show_default=True,
-              help="Correlation of 16x16 grayscale thumbnails (or one mirrored) from which two images are near "
-                   "duplicates too.")
+              help="Correlation of 16x16 grayscale thumbnails (or one mirrored, or an 80-90% crop) from which two "
+                   "images are near duplicates too.")
 @click.option("--outlier-score", type=click.FloatRange(min=0), default=DEFAULTS["outlier_score"], show_default=True,
               help="Robust standard deviations below every class's typical similarity that make an outlier.")
 @click.option("--label-floor", type=click.FloatRange(0, 1), default=DEFAULTS["label_floor"], show_default=True,
@@ -89,7 +89,7 @@ def summary(result: AuditResult) -> list[str]:
         if kind in ("exact_duplicate", "near_duplicate") and found:
             flags = (f" ({sum(f.evidence['leak'] for f in found)} across splits, "
                      f"{sum(f.evidence['conflict'] for f in found)} with different labels)")
-        lines.append(f"{kind.replace('_', ' ')}: {count}{flags}")
+        lines.append(f"{kind.replace('_', ' ')}: {result.unchecked.get(kind, count)}{flags}")
         for finding in found[:result.settings.worst]:
             names = ", ".join(result.relative(path) for path in finding.paths[:4])
             more = f" +{len(finding.paths) - 4}" if len(finding.paths) > 4 else ""
