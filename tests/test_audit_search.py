@@ -144,9 +144,9 @@ def test_near_pairs_against_a_cropped_copy_take_either_direction(monkeypatch):
 
 def test_a_centred_crop_scaled_back_correlates_with_the_zoomed_thumbnail_of_its_source(tmp_path):
     rng = np.random.default_rng(5)
-    scene = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.BICUBIC)
-    other = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.BICUBIC)
-    cropped = scene.crop((8, 8, 112, 112)).resize((120, 120), Image.BICUBIC)  # an 87% crop, scaled back
+    scene = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.Resampling.BICUBIC)
+    other = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((120, 120), Image.Resampling.BICUBIC)
+    cropped = scene.crop((8, 8, 112, 112)).resize((120, 120), Image.Resampling.BICUBIC)  # an 87% crop, scaled back
     paths = []
     for name, image in (("scene", scene), ("cropped", cropped), ("other", other)):
         paths.append(tmp_path / f"{name}.png")
