@@ -175,8 +175,10 @@ def test_resume_is_refused_across_processes_before_anything_is_touched(tmp_path,
 
 
 def device_env(count: int) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    if BACKEND == "jax":
+    path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "KERAS_BACKEND": BACKEND, "PYTHONPATH": path}  # the caller's path too: wheels beside
+    if BACKEND == "jax":  # host devices, also where a GPU is: one GPU cannot be two devices or two processes
+        env["JAX_PLATFORMS"] = "cpu"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
     return env
 
@@ -259,16 +261,16 @@ def test_two_processes_on_localhost_train_as_one_device_does(tmp_path):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["provenance"]["distribution"]
     assert recorded["mode"] == "multiworker" and recorded["processes"] == 2 and recorded["devices"] == 2
 
-    config = tlkit.Config().replace(
-        data={"image_size": 32, "cache_dir": str(tmp_path / "cache"), "val_split": 0.3},
-        train={"mode": "finetune", "epochs": 2, "warmup_epochs": 1, "weights": "none", "batch_size": 8,
-               "patience": 0, "distribute": "none"})
-    alone = tlkit.train(data, config, run_dir=tmp_path / "alone", verbose=0)
-    spread = tlkit.load_run(tmp_path / "run")
+    alone_args = [*args[:args.index("--distribute")], "--run-dir", str(tmp_path / "alone"), "--quiet"]
+    job = subprocess.run([sys.executable, "-m", "tlkit.cli", *alone_args], env=device_env(1), capture_output=True,
+                         text=True, timeout=SUBPROCESS_TIMEOUT, check=False)  # on the host, as the two, GPU or not
+    assert job.returncode == 0, job.stderr[-3000:]
+    alone, spread = tlkit.load_run(tmp_path / "alone"), tlkit.load_run(tmp_path / "run")
     for mine, theirs in zip(alone.model.get_weights(), spread.model.get_weights()):
         np.testing.assert_allclose(theirs, mine, atol=1e-5)  # augmentation and dropout included
     assert spread.metrics["val_loss"] == pytest.approx(alone.metrics["val_loss"], abs=1e-5)
-    for ours, theirs in zip(alone.history, json.loads((tmp_path / "run" / "history.json").read_text())):
+    histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("alone", "run")]
+    for ours, theirs in zip(*histories):
         np.testing.assert_allclose(theirs["history"]["val_loss"], ours["history"]["val_loss"], atol=1e-5)
         np.testing.assert_allclose(theirs["history"]["val_accuracy"], ours["history"]["val_accuracy"], atol=1e-6)
 
