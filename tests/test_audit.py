@@ -20,6 +20,7 @@ import tlkit
 from tlkit.auditing.auditor import audit
 from tlkit.auditing.findings import KINDS, AuditSettings
 from tlkit.auditing.fix import write_fixed_split
+from tlkit.auditing.looks import LOOK_MIN_CLASS, look_scores, look_statistics
 from tlkit.auditing.page import render, write_page
 from tlkit.cli import main
 
@@ -232,3 +233,41 @@ def test_the_page_is_self_contained_and_chromium_renders_it(tmp_path, planted):
     assert values["images"] == values["shown"] and int(values["images"]) > 20, title  # every thumbnail drawn
     assert values["group_rows"] == "1", title  # a duplicate group side by side
     assert int(values["labels"]) == len(result.of_kind("label")), title
+
+
+def drawing(size: int = 30) -> np.ndarray:
+    """A flat-coloured drawing (a red disc on white), as a slide or a clip-art image would be."""
+    y, x = np.mgrid[:size, :size]
+    image = np.full((size, size, 3), 255, np.uint8)
+    image[(x - size / 2) ** 2 + (y - size / 2) ** 2 < (size / 3) ** 2] = (200, 30, 30)
+    return image
+
+
+def test_a_drawing_among_photos_looks_unlike_them_and_small_classes_are_not_judged():
+    photos = [np.asarray(Image.open(path).convert("RGB")) for path in
+              sorted((require_shared(NATURAL_IMAGES) / "car").glob("car_*.jpg"))[:LOOK_MIN_CLASS + 12]]
+    images = np.stack([*photos, drawing()])
+    statistics = look_statistics([images[:25], images[25:]], str(REAL_WEIGHTS))  # chunks, as the cache gives them
+    assert statistics.shape == (len(images), 2 * (64 + 128 + 256))
+    scores = look_scores(statistics, np.zeros(len(images), np.int64), 1)
+    assert scores[-1] > AuditSettings().look_score and scores[-1] == scores.max()  # the drawing, found
+    assert (scores[:-1] < AuditSettings().look_score).all()  # no photo of the class flagged
+    few = np.zeros(len(images), np.int64)
+    few[:LOOK_MIN_CLASS - 1] = 1  # a class too small to know its look: not scored
+    assert (look_scores(statistics, few, 2)[:LOOK_MIN_CLASS - 1] == 0).all()
+
+
+def test_the_audit_names_a_drawing_among_photos_an_outlier_by_its_look_and_caches_the_looks(tmp_path, monkeypatch):
+    source = require_shared(NATURAL_IMAGES)
+    for name in ("car", "flower"):
+        for path in sorted((source / name).glob(f"{name}_*.jpg"))[:LOOK_MIN_CLASS + 2]:
+            (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp_path / "data" / name / path.name)
+    Image.fromarray(drawing()).save(tmp_path / "data" / "car" / "slide.png")
+    config = small_config(tmp_path / "cache").replace(data={"image_size": 32}, fit={"epochs": 5})
+    settings = AuditSettings(folds=2)
+    found = audit(tmp_path / "data", config, settings).of_kind("outlier")
+    assert [Path(f.paths[0]).name for f in found] == ["slide.png"]  # the drawing, and no photo
+    assert found[0].evidence["look_score"] > settings.look_score and "looks unlike the other car" in found[0].suggestion
+    monkeypatch.setattr("tlkit.auditing.auditor.look_statistics", None)  # computed again, it would fail
+    assert audit(tmp_path / "data", config, settings).of_kind("outlier")[0].evidence == found[0].evidence

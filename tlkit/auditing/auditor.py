@@ -1,8 +1,9 @@
 """The audit itself: everything read from what extraction caches, then judged kind by kind.
 
-The decoded images give exact duplicates and odd images (:mod:`tlkit.auditing.files`); the VGG16 features,
-pooled to unit vectors, give near duplicates and outliers (:mod:`tlkit.auditing.similarity`) and, through
-out-of-fold heads, likely label errors (:mod:`tlkit.auditing.labels`). Nothing is moved or deleted.
+The decoded images give exact duplicates and odd images (:mod:`tlkit.auditing.files`) and, through VGG16's
+first blocks, each image's look (:mod:`tlkit.auditing.looks`); the VGG16 features, pooled to unit vectors,
+give near duplicates and outliers (:mod:`tlkit.auditing.similarity`) and, through out-of-fold heads, likely
+label errors (:mod:`tlkit.auditing.labels`). Nothing is moved or deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from tlkit.auditing.files import FileFacts, chunks, exact_groups, image_problems, read_facts, same_bytes
 from tlkit.auditing.findings import KINDS, AuditResult, AuditSettings, Finding
 from tlkit.auditing.labels import find_label_issues
+from tlkit.auditing.looks import LOOK_LAYERS, LOOK_MIN_CLASS, LOOK_SIZE, look_scores, look_statistics
 from tlkit.auditing.similarity import centroid_similarity, groups, near_pairs, unit_rows
 from tlkit.config import Config
 from tlkit.data.index import SPLIT_NAMES
@@ -37,6 +39,9 @@ EVIDENCE_NEIGHBOURS = 3
 #: Bumped when the cached out-of-fold probabilities change meaning.
 OOF_VERSION = 1
 OOF_FILE = "probabilities.npy"
+#: Bumped when the cached looks (:mod:`tlkit.auditing.looks`) change meaning.
+LOOKS_VERSION = 1
+LOOKS_FILE = "looks.npy"
 #: What made two images near duplicates, by signal number in :func:`_near_duplicates`.
 SIGNALS = ("VGG16 features nearly equal", "thumbnails correlated", "thumbnails correlated once one is cropped")
 #: A MAD of zero (identical similarities) is taken as this, so that a robust z-score stays finite.
@@ -123,7 +128,7 @@ def audit(data: str | Path, config: Config | None = None, settings: AuditSetting
     exact_j = np.array([member for group in exact for member in group[1:]], np.int64)
     twins = components(np.concatenate([exact_i, near_i]), np.concatenate([exact_j, near_j]), len(rows.paths))
     lap("near_duplicates")
-    findings += _outliers(rows, settings)
+    findings += _outliers(rows, settings, _looks(rows, decoded, config, features.path))
     lap("outliers")
     unchecked = {}
     too_few = [f"{name} ({count})" for name, count in
@@ -193,9 +198,10 @@ def _duplicate(kind: str, group: list[int], rows: Audited, similarity: float, fa
                    {"splits": splits, "labels": labels, "how": how, "conflict": conflict, "leak": leak}, advice)
 
 
-def _outliers(rows: Audited, settings: AuditSettings) -> list[Finding]:
+def _outliers(rows: Audited, settings: AuditSettings, looks: np.ndarray) -> list[Finding]:
     """Images far from every class: their similarity to each class's mean direction is, for every class, far
-    below what that class's own images have (a robust z-score: median and 1.4826 MAD)."""
+    below what that class's own images have (a robust z-score: median and 1.4826 MAD); and images whose look
+    (``looks``: :func:`tlkit.auditing.looks.look_scores`) is far from their class's others."""
     classes = len(rows.class_names)
     similarity = centroid_similarity(rows.x, rows.labels, classes)
     own = similarity[np.arange(len(rows.labels)), rows.labels]
@@ -203,15 +209,39 @@ def _outliers(rows: Audited, settings: AuditSettings) -> list[Finding]:
     spread = np.array([1.4826 * np.median(np.abs(own[rows.labels == c] - median[c])) for c in range(classes)])
     z = (similarity - median) / np.maximum(spread, MIN_SPREAD)
     closest = z.argmax(axis=1)
-    far = np.flatnonzero(z.max(axis=1) < -settings.outlier_score)
+    far, odd = -z.max(axis=1) > settings.outlier_score, looks > settings.look_score
+    score = np.maximum(-z.max(axis=1), looks)
     found = []
-    for row in far[np.argsort(z.max(axis=1)[far])]:
+    for row in sorted(np.flatnonzero(far | odd).tolist(), key=lambda r: -score[r]):
         label, nearest = int(rows.labels[row]), int(closest[row])
-        found.append(Finding("outlier", (rows.paths[row],), float(-z[row].max()), {
+        reasons = ["unlike every class"] if far[row] else []
+        if odd[row]:
+            reasons.append(f"looks unlike the other {rows.class_names[label]} images (a drawing, render or noise?)")
+        why = " and ".join(reasons)
+        found.append(Finding("outlier", (rows.paths[row],), float(score[row]), {
             **rows.describe(row), "class_similarity": float(own[row]), "class_median": float(median[label]),
-            "closest_class": rows.class_names[nearest], "closest_class_similarity": float(similarity[row, nearest])},
-            "unlike every class: check it belongs in the dataset at all"))
+            "closest_class": rows.class_names[nearest], "closest_class_similarity": float(similarity[row, nearest]),
+            "distance_score": float(-z[row].max()), "look_score": float(looks[row])},
+            f"{why}: check it belongs in the dataset at all"))
     return found
+
+
+def _looks(rows: Audited, decoded: list[np.ndarray], config: Config, features: Path) -> np.ndarray:
+    """Each image's look score (:func:`tlkit.auditing.looks.look_scores`; 0 where its class is too small to be
+    judged). Its statistics are cached beside the features they were read with, keyed by them (the same files,
+    in the same order)."""
+    if np.bincount(rows.labels).max() < LOOK_MIN_CLASS:  # no class judged: nothing to compute
+        return np.zeros(len(rows.labels))
+    wanted = {"version": LOOKS_VERSION, "features": features.name, "size": LOOK_SIZE, "layers": list(LOOK_LAYERS),
+              "backend": keras_backend()}
+    folder = cache_folder(config.runtime.cache_dir, "audit", wanted)
+    if not is_built(folder):
+        statistics = look_statistics(itertools.chain.from_iterable(chunks(images) for images in decoded),
+                                     config.model.weights)
+        with building(folder) as staging:
+            np.save(staging / LOOKS_FILE, statistics, allow_pickle=False)
+            write_json(staging / MANIFEST, wanted)
+    return look_scores(np.load(folder / LOOKS_FILE, allow_pickle=False), rows.labels, len(rows.class_names))
 
 
 def out_of_fold(rows: Audited, config: Config, folds: int, features: Path) -> np.ndarray:

@@ -17,7 +17,8 @@ KINDS = {
     "near_duplicate": "nearly the same image (a crop, re-encode, flip or small edit): VGG16 features almost equal, "
                       "or small grayscale thumbnails correlated (as they are, one mirrored, or one an 80-90% centred crop)",
     "label": "a label the rest of the data disagrees with: heads that never saw the image are sure it is another class",
-    "outlier": "an image far, in feature space, from every class",
+    "outlier": "an image far, in feature space, from every class, or one that looks unlike its class's others "
+               "(a drawing, render or noise among photos: VGG16's first blocks' texture statistics far from theirs)",
     "unreadable": "a file that could not be decoded as an image",
     "small": "an image much smaller than the dataset's others",
     "aspect_ratio": "an image far from square, distorted when resized to the model's square input",
@@ -37,6 +38,8 @@ class AuditSettings:
             images, crops).
         outlier_score: Outliers: an image is one when its similarity to each class's mean direction is, for every
             class, this many robust standard deviations (1.4826 MAD) below that of the class's median image.
+        look_score: Outliers too: an image whose look (the texture statistics of VGG16's first blocks) is this
+            many robust standard deviations further from its class's typical look than the class's median image.
         label_floor: Label errors: the most probability of its given label an image flagged may have (its likeliest
             class being another).
         folds: Label errors: folds of the out-of-fold heads (each image's probabilities come from a head that
@@ -53,6 +56,7 @@ class AuditSettings:
     near_duplicate: float = 0.90
     near_pixels: float = 0.95
     outlier_score: float = 5.0
+    look_score: float = 15.0
     label_floor: float = 0.01
     folds: int = 5
     small_fraction: float = 0.25

@@ -35,6 +35,9 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(AuditSetti
                    "images are near duplicates too.")
 @click.option("--outlier-score", type=click.FloatRange(min=0), default=DEFAULTS["outlier_score"], show_default=True,
               help="Robust standard deviations below every class's typical similarity that make an outlier.")
+@click.option("--look-score", type=click.FloatRange(min=0), default=DEFAULTS["look_score"], show_default=True,
+              help="Robust standard deviations of an image's look (VGG16's first blocks' texture statistics) from its "
+                   "class's others that make an outlier too.")
 @click.option("--label-floor", type=click.FloatRange(0, 1), default=DEFAULTS["label_floor"], show_default=True,
               help="Label errors: flag an image whose likeliest class is another when its given label's out-of-fold "
                    "probability is at most this.")
@@ -45,7 +48,8 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(AuditSetti
 @config_file_option
 @quiet_option
 def audit(*, data: str, as_json: bool, html: str | None, fix_split: str | None, near_duplicate: float,
-          near_pixels: float, outlier_score: float, label_floor: float, folds: int, config_file: str | None, quiet: bool, **options) -> None:
+          near_pixels: float, outlier_score: float, look_score: float, label_floor: float, folds: int,
+          config_file: str | None, quiet: bool, **options) -> None:
     """Find what is wrong with DATA before it costs accuracy: exact and near duplicates (leaks across splits),
     likely label errors, outliers, odd files and class balance, from its cached features. Nothing is moved."""
     config = build_config(config_file, options)
@@ -53,7 +57,7 @@ def audit(*, data: str, as_json: bool, html: str | None, fix_split: str | None, 
     from tlkit.auditing.auditor import audit as audit_data
 
     settings = AuditSettings(near_duplicate=near_duplicate, near_pixels=near_pixels, outlier_score=outlier_score,
-                             label_floor=label_floor, folds=folds)
+                             look_score=look_score, label_floor=label_floor, folds=folds)
     with progress_to_stderr():
         result = audit_data(data, config, settings, verbose=0 if quiet or as_json else 1)
     written = []
