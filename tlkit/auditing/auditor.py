@@ -24,7 +24,7 @@ from tlkit.auditing.files import FileFacts, chunks, exact_groups, image_problems
 from tlkit.auditing.findings import KINDS, AuditResult, AuditSettings, Finding
 from tlkit.auditing.labels import find_label_issues
 from tlkit.auditing.looks import LOOK_LAYERS, LOOK_MIN_CLASS, LOOK_SIZE, look_scores, look_statistics
-from tlkit.auditing.similarity import centroid_similarity, groups, near_pairs, unit_rows
+from tlkit.auditing.similarity import centroid_similarity, groups, median_and_spread, near_pairs, unit_rows
 from tlkit.config import Config
 from tlkit.data.index import SPLIT_NAMES
 from tlkit.data.scan import require_classes, scan
@@ -44,8 +44,6 @@ LOOKS_VERSION = 1
 LOOKS_FILE = "looks.npy"
 #: What made two images near duplicates, by signal number in :func:`_near_duplicates`.
 SIGNALS = ("VGG16 features nearly equal", "thumbnails correlated", "thumbnails correlated once one is cropped")
-#: A MAD of zero (identical similarities) is taken as this, so that a robust z-score stays finite.
-MIN_SPREAD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -205,9 +203,9 @@ def _outliers(rows: Audited, settings: AuditSettings, looks: np.ndarray) -> list
     classes = len(rows.class_names)
     similarity = centroid_similarity(rows.x, rows.labels, classes)
     own = similarity[np.arange(len(rows.labels)), rows.labels]
-    median = np.array([np.median(own[rows.labels == c]) for c in range(classes)])
-    spread = np.array([1.4826 * np.median(np.abs(own[rows.labels == c] - median[c])) for c in range(classes)])
-    z = (similarity - median) / np.maximum(spread, MIN_SPREAD)
+    median, spread = (np.array(column) for column in zip(*(median_and_spread(own[rows.labels == c])
+                                                            for c in range(classes))))
+    z = (similarity - median) / spread
     closest = z.argmax(axis=1)
     far, odd = -z.max(axis=1) > settings.outlier_score, looks > settings.look_score
     score = np.maximum(-z.max(axis=1), looks)
@@ -230,7 +228,7 @@ def _looks(rows: Audited, decoded: list[np.ndarray], config: Config, features: P
     """Each image's look score (:func:`tlkit.auditing.looks.look_scores`; 0 where its class is too small to be
     judged). Its statistics are cached beside the features they were read with, keyed by them (the same files,
     in the same order)."""
-    if np.bincount(rows.labels).max() < LOOK_MIN_CLASS:  # no class judged: nothing to compute
+    if np.bincount(rows.labels, minlength=1).max() < LOOK_MIN_CLASS:  # no class judged: nothing to compute
         return np.zeros(len(rows.labels))
     wanted = {"version": LOOKS_VERSION, "features": features.name, "size": LOOK_SIZE, "layers": list(LOOK_LAYERS),
               "backend": keras_backend()}

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from tlkit.backbone import IMAGENET_BGR_MEAN
+from tlkit.auditing.similarity import median_and_spread
 
 #: Side the images are scaled to (area averaging) before VGG16's first blocks read them.
 LOOK_SIZE = 32
@@ -33,8 +33,6 @@ LOOK_MIN_CLASS = 3 * LOOK_DIMS
 #: The fraction of a class, nearest its centre, that its centre and covariance are estimated from the second time
 #: (a reweighted estimate: the images far from the rest do not widen the yardstick they are measured with).
 CORE = 0.75
-#: A spread (MAD) of zero is taken as this, so that a robust z-score stays finite.
-MIN_SPREAD = 1e-3
 
 
 def look_statistics(decoded: Iterable[np.ndarray], weights: str) -> np.ndarray:
@@ -44,33 +42,34 @@ def look_statistics(decoded: Iterable[np.ndarray], weights: str) -> np.ndarray:
     from keras import ops
 
     from tlkit.backbone import build_base
+    from tlkit.model import VGGPreprocess
 
     base = build_base(weights, LOOK_SIZE)
     outputs = [base.get_layer(name).output for name in LOOK_LAYERS]
     summary = ops.concatenate([part for out in outputs for part in (ops.mean(out, axis=(1, 2)),
                                                                     ops.std(out, axis=(1, 2)))], axis=1)
-    model = keras.Model(base.input, summary)
-    rows = [model.predict(_preprocessed(chunk), batch_size=256, verbose=0) for chunk in decoded if len(chunk)]
+    inputs = keras.Input((LOOK_SIZE, LOOK_SIZE, 3))
+    model = keras.Model(inputs, keras.Model(base.input, summary)(VGGPreprocess()(inputs)))
+    rows = [model.predict(_scaled(chunk), batch_size=256, verbose=0) for chunk in decoded if len(chunk)]
     width = 2 * sum(base.get_layer(name).output.shape[-1] for name in LOOK_LAYERS)
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, width), np.float32)
 
 
-def _preprocessed(chunk: np.ndarray) -> np.ndarray:
-    """RGB images scaled to :data:`LOOK_SIZE` by area averaging, in caffe mode (BGR minus the ImageNet mean)."""
-    small = np.stack([np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize(
+def _scaled(chunk: np.ndarray) -> np.ndarray:
+    """RGB images scaled to :data:`LOOK_SIZE` by area averaging (the model preprocesses them itself)."""
+    return np.stack([np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize(
         (LOOK_SIZE, LOOK_SIZE), Image.Resampling.BOX), np.float32) for image in chunk])
-    return small[..., ::-1] - np.asarray(IMAGENET_BGR_MEAN, np.float32)
 
 
 def look_scores(statistics: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """How far each image's look is from its class's others, as a robust z-score within the class (0 for the
     images of a class smaller than :data:`LOOK_MIN_CLASS`)."""
     scores = np.zeros(len(labels))
-    if len(labels) < LOOK_MIN_CLASS:
+    if len(labels) < LOOK_MIN_CLASS:  # no class can be judged
         return scores
     signed = np.sign(statistics) * np.log1p(np.abs(statistics))
-    median = np.median(signed, axis=0)
-    z = (signed - median) / np.maximum(1.4826 * np.median(np.abs(signed - median), axis=0), MIN_SPREAD)
+    median, spread = median_and_spread(signed)
+    z = (signed - median) / spread
     centred = z - z.mean(axis=0)
     directions = np.linalg.svd(centred, full_matrices=False)[2][:LOOK_DIMS]
     projected = centred @ directions.T
@@ -80,8 +79,8 @@ def look_scores(statistics: np.ndarray, labels: np.ndarray, classes: int) -> np.
             continue
         distance = _distances(projected[mine], np.ones(int(mine.sum()), bool))
         distance = _distances(projected[mine], distance <= np.quantile(distance, CORE))
-        middle = np.median(distance)
-        scores[mine] = (distance - middle) / max(1.4826 * float(np.median(np.abs(distance - middle))), MIN_SPREAD)
+        middle, spread = median_and_spread(distance)
+        scores[mine] = (distance - middle) / spread
     return scores
 
 

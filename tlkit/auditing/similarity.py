@@ -13,6 +13,16 @@ import numpy as np
 
 #: Most bytes of one block of similarities.
 BLOCK_BYTES = 256 * 2**20
+#: A spread (MAD) of zero, identical values, is taken as this, so that a robust z-score stays finite.
+MIN_SPREAD = 1e-3
+
+
+def median_and_spread(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The median of ``values`` along ``axis`` and their robust standard deviation (1.4826 MAD, at least
+    :data:`MIN_SPREAD`): ``(values - median) / spread`` is a robust z-score."""
+    median = np.median(values, axis=axis)
+    spread = 1.4826 * np.median(np.abs(values - np.expand_dims(median, axis)), axis=axis)
+    return median, np.maximum(spread, MIN_SPREAD)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
